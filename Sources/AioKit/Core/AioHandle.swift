@@ -1,0 +1,482 @@
+import Glibc
+import Synchronization
+
+/// An asynchronous operation handle, after NNG's `nng_aio`: one operation at a
+/// time, and a completion callback that runs exactly once for every operation
+/// started on it, whatever ended it ([AIO-1], [AIO-2]).
+///
+/// The consumer allocates a handle (usually one per kind of operation, reused
+/// for each), sets its inputs, iov and timeout, hands it to a provider
+/// (`sleep`, a stream's `send`/`receive`, a listener's `accept`...), and reads
+/// `error`, `count` and the outputs in the callback or after `wait()`.
+/// Operations are usually chained: the callback starts the next one.
+///
+/// A provider calls `reset()` and `start(onCancel:)` to begin an operation and
+/// `finish(_:count:)` (or `finishSync`) exactly once to end it.
+///
+/// Thread safety: every consumer call may come from any thread and from inside
+/// callbacks, including the handle's own ([DL-1]..[DL-7]). The lifecycle state
+/// is guarded by the handle's lock stripe; the inputs, iov and timeout belong
+/// to the consumer between operations and are read by the provider while the
+/// operation is in flight (set them only while the handle is idle).
+public final class AioHandle: @unchecked Sendable {  // fields guarded as marked: stripe lock, timer lock, pool lock, or owner
+    /// The most buffers one iov list may hold ([AIO-10]).
+    public static let maxIOV: Int = 8
+    static let slotCount = 4
+
+    let runtime: AioRuntime
+    unowned(unsafe) let stripe: Stripe  // kept alive by `runtime`
+    let callback: (@Sendable (AioHandle) -> Void)?
+
+    // MARK: stripe lock
+    var flags: UInt32 = 0
+    /// Operations started whose callback has not returned yet.
+    var busy: UInt32 = 0
+    /// Counts operations; a timer entry is valid only for the one it was armed for.
+    var seq: UInt32 = 0
+    var result: AioError?
+    var transferred = 0
+    var cancelFn: (@Sendable (AioHandle, AioError) -> Void)?
+    var pendingAbort: AioError?
+    /// Live list while in flight; the task pool's queue link once finished.
+    var liveNext: Unmanaged<AioHandle>?
+    var livePrev: Unmanaged<AioHandle>?
+
+    // MARK: consumer (set while idle)
+    /// -1: infinite, -2: provider default, else nanoseconds.
+    var timeoutNanos: Int64 = -1
+    /// Absolute deadline on `Clock`, 0: none.
+    var expirationNanos: UInt64 = 0
+    var slots: Slots?
+    var iovList: [AioIOV] = []
+
+    // MARK: timer lock
+    var timerNext: Unmanaged<AioHandle>?
+    var timerPrev: Unmanaged<AioHandle>?
+    var timerTick: UInt64 = 0
+    var timerSlot: Int16 = -1
+    var timerSeq: UInt32 = 0
+
+    // MARK: provider (while in flight)
+    /// Links for a provider's intrusive queues (a stream's pending receives...).
+    var providerNext: Unmanaged<AioHandle>?
+    var providerPrev: Unmanaged<AioHandle>?
+    /// Scratch word for the provider of the operation in flight.
+    var providerWord: Int = 0
+
+    /// The thread running this handle's callback (0: none): `wait()` and
+    /// `stop()` from inside it must not wait for it ([DL-1]).
+    let callbackThread = Atomic<UInt>(0)
+
+    // Flags (stripe lock).
+    static let inFlight: UInt32 = 1 << 0
+    static let stopped: UInt32 = 1 << 1
+    static let timerArmed: UInt32 = 1 << 2
+    static let waiters: UInt32 = 1 << 3
+    static let succeedAtExpiry: UInt32 = 1 << 4
+
+    /// A handle whose callback is `callback` (nil: no callback; use `wait()`).
+    public init(runtime: AioRuntime = .shared, callback: (@Sendable (AioHandle) -> Void)? = nil) {
+        self.runtime = runtime
+        self.stripe = runtime.nextStripe()
+        self.callback = callback
+    }
+
+    /// A handle whose callback is `target.aioDidComplete(_:)`; the handle keeps
+    /// a strong reference to `target` ([AIO-29]).
+    public convenience init(runtime: AioRuntime = .shared, target: some AioCallback) {
+        self.init(runtime: runtime, callback: { [target] handle in target.aioDidComplete(handle) })
+    }
+
+    // MARK: - Consumer side
+
+    /// The result of the last completed operation: nil is success ([AIO-5]).
+    public var error: AioError? {
+        stripe.lock()
+        defer { stripe.unlock() }
+        return result
+    }
+
+    /// Bytes transferred by the last completed operation ([AIO-5]).
+    public var count: Int {
+        stripe.lock()
+        defer { stripe.unlock() }
+        return transferred
+    }
+
+    /// The time limit of the next operations ([AIO-20]..[AIO-24]). Setting it
+    /// clears an expiration set with `setExpiration`.
+    public var timeout: AioTimeout {
+        get {
+            switch timeoutNanos {
+            case -1: return .infinite
+            case -2: return .providerDefault
+            default: return .after(.nanoseconds(timeoutNanos))
+            }
+        }
+        set {
+            switch newValue {
+            case .infinite: timeoutNanos = -1
+            case .providerDefault: timeoutNanos = -2
+            case .after(let d): timeoutNanos = max(0, Clock.nanoseconds(d))
+            }
+            expirationNanos = 0
+        }
+    }
+
+    /// An absolute deadline for the next operations; overrides `timeout` until
+    /// `timeout` is set again. A deadline already past fails the next start
+    /// with `.timedOut` ([AIO-22]).
+    public func setExpiration(_ deadline: ContinuousClock.Instant) {
+        expirationNanos = max(1, Clock.deadline(of: deadline))
+    }
+
+    /// Sets input `index` (0..<4) for the provider; other indices throw
+    /// `.invalidArgument` ([AIO-9]).
+    public func setInput(_ index: Int, _ value: (any Sendable)?) throws {
+        guard index >= 0 && index < Self.slotCount else { throw AioError.invalidArgument }
+        slotStorage().inputs[index] = value
+    }
+
+    /// Input `index`, or nil (also for an index out of range) ([AIO-9]).
+    public func input(_ index: Int) -> (any Sendable)? {
+        guard index >= 0 && index < Self.slotCount, let slots else { return nil }
+        return slots.inputs[index]
+    }
+
+    /// Output `index` of the last operation, or nil (also for an index out of range) ([AIO-9]).
+    public func output(_ index: Int) -> (any Sendable)? {
+        guard index >= 0 && index < Self.slotCount, let slots else { return nil }
+        return slots.outputs[index]
+    }
+
+    /// Sets the scatter/gather list; more than `maxIOV` buffers throw
+    /// `.invalidArgument` and leave the list unchanged ([AIO-10]).
+    public func setIOV(_ iov: [AioIOV]) throws {
+        guard iov.count <= Self.maxIOV else { throw AioError.invalidArgument }
+        iovList = iov
+    }
+
+    /// The scatter/gather list.
+    public var iov: [AioIOV] { iovList }
+
+    /// True from the start of an operation until its callback has returned ([AIO-8]).
+    public var isBusy: Bool {
+        stripe.lock()
+        defer { stripe.unlock() }
+        return busy != 0
+    }
+
+    /// Waits until no operation is in flight and no callback is running
+    /// ([AIO-6], [AIO-7]); returns at once if nothing was started. Called from
+    /// the handle's own callback it returns at once ([DL-1]); called from other
+    /// callbacks it never deadlocks the task pool ([DL-3]).
+    public func wait() {
+        if callbackThread.load(ordering: .relaxed) == Thread.current { return }
+        stripe.lock()
+        if busy == 0 {
+            stripe.unlock()
+            return
+        }
+        let worker = runtime.pool.currentWorker()
+        var helping = false
+        if let worker {
+            stripe.unlock()
+            helping = runtime.pool.workerWillBlock(worker)
+            stripe.lock()
+        }
+        while busy != 0 {
+            flags |= Self.waiters
+            if helping {
+                // At the pool's ceiling: run queued callbacks while waiting ([POOL-5]).
+                stripe.unlock()
+                let ran = runtime.pool.runOneQueued()
+                stripe.lock()
+                if !ran && busy != 0 {
+                    flags |= Self.waiters
+                    stripe.wait(untilNanos: Clock.nanos() &+ 1_000_000)
+                }
+            } else {
+                stripe.wait()
+            }
+        }
+        stripe.unlock()
+        if let worker { runtime.pool.workerDidUnblock(worker) }
+    }
+
+    /// `abort(.canceled)` ([AIO-16]).
+    public func cancel() {
+        abort(.canceled)
+    }
+
+    /// Ends the operation in flight with `error`, through the provider's cancel
+    /// routine ([AIO-13]). On an idle handle the error is remembered and the
+    /// next start fails with it ([AIO-14]). Never waits ([DL-4]).
+    public func abort(_ error: AioError) {
+        stripe.lock()
+        if let fn = cancelFn {
+            cancelFn = nil
+            stripe.unlock()
+            fn(self, error)  // outside the lock ([DL-7])
+            return
+        }
+        if flags & Self.inFlight == 0 && busy == 0 {
+            pendingAbort = error
+        }
+        stripe.unlock()
+    }
+
+    /// Refuses new operations for good, aborts the one in flight with
+    /// `.stopped`, and waits for it and its callback ([AIO-17]); from the
+    /// handle's own callback it does not wait ([DL-2]).
+    public func stop() {
+        close()
+        wait()
+    }
+
+    /// `stop()` without the wait ([AIO-18]).
+    public func close() {
+        stripe.lock()
+        flags |= Self.stopped
+        stripe.unlock()
+        abort(.stopped)
+    }
+
+    /// Stops the handle on the runtime's reaper thread and drops the reaper's
+    /// reference once it is idle: the teardown that is safe anywhere, the
+    /// handle's own callback included ([AIO-19], [DL-5]).
+    public func reap() {
+        close()
+        runtime.reaper.reap(self)
+    }
+
+    // MARK: - Provider side
+
+    /// Clears the result, the count and the outputs before an operation ([AIO-11]).
+    public func reset() {
+        stripe.lock()
+        precondition(
+            flags & Self.inFlight == 0,
+            "AioKit: reset() called on a handle whose operation is still in flight (one operation at a time)")
+        result = nil
+        transferred = 0
+        stripe.unlock()
+        slots?.clearOutputs()
+    }
+
+    /// Begins an operation. Returns false, and completes the handle at once
+    /// through the task pool, when the handle is stopped or its runtime shut
+    /// down (`.stopped`), was aborted before the start (that error), or its
+    /// timeout is zero or expiration passed (`.timedOut`) ([AIO-12]); the
+    /// provider must then do nothing more. Otherwise `onCancel` is registered:
+    /// `abort` and a timeout call it once, outside any lock, with the error,
+    /// and the provider finishes the operation ([AIO-13], [AIO-21]).
+    public func start(onCancel: (@Sendable (AioHandle, AioError) -> Void)?) -> Bool {
+        begin(onCancel: onCancel, defaultTimeout: -1, sleepDeadline: 0, reset: false)
+    }
+
+    /// `reset()` (if `reset`) and `start` under one lock, with the provider's
+    /// own default for `.providerDefault` (nanoseconds, -1: none) and, for
+    /// sleeps, the deadline at which the operation succeeds.
+    func begin(
+        onCancel: (@Sendable (AioHandle, AioError) -> Void)?, defaultTimeout: Int64, sleepDeadline: UInt64,
+        reset: Bool
+    ) -> Bool {
+        if reset { slots?.clearOutputs() }
+        _ = Unmanaged.passRetained(self)  // the in-flight reference ([AIO-27])
+        var now: UInt64 = 0
+        var deadline: UInt64 = 0
+        var failure: AioError?
+        stripe.lock()
+        precondition(
+            flags & Self.inFlight == 0,
+            "AioKit: an operation was started on a handle whose operation is still in flight (one operation at a time)")
+        if reset {
+            result = nil
+            transferred = 0
+        }
+        busy += 1
+        seq &+= 1
+        if flags & Self.stopped != 0 || stripe.closed {
+            failure = .stopped
+        } else if let e = pendingAbort {
+            pendingAbort = nil
+            failure = e
+        } else {
+            let t = timeoutNanos == -2 ? defaultTimeout : timeoutNanos
+            if expirationNanos != 0 {
+                now = Clock.nanos()
+                if expirationNanos <= now { failure = .timedOut } else { deadline = expirationNanos }
+            } else if t >= 0 {
+                now = Clock.nanos()
+                if t == 0 {
+                    failure = .timedOut
+                } else {
+                    let (d, o) = now.addingReportingOverflow(UInt64(t))
+                    deadline = o ? UInt64.max : d
+                }
+            }
+        }
+        if let failure {
+            result = failure
+            transferred = 0
+            stripe.unlock()
+            dispatchCompletion()
+            return false
+        }
+        if sleepDeadline != 0 {
+            if now == 0 { now = Clock.nanos() }
+            if sleepDeadline <= now {
+                // A sleep already due: success through the pool, no timer ([AIO-25]).
+                result = nil
+                transferred = 0
+                stripe.unlock()
+                dispatchCompletion()
+                return false
+            }
+            if deadline == 0 || sleepDeadline <= deadline {
+                deadline = sleepDeadline
+                flags |= Self.succeedAtExpiry
+            } else {
+                flags &= ~Self.succeedAtExpiry
+            }
+        } else {
+            flags &= ~Self.succeedAtExpiry
+        }
+        flags |= Self.inFlight
+        cancelFn = onCancel
+        stripe.link(self)
+        if deadline != 0 && onCancel != nil {  // no cancel routine: nothing a timer could do ([AIO-23])
+            flags |= Self.timerArmed
+            runtime.timers.insert(self, deadline: deadline, seq: seq)  // lock order: stripe, then timer
+        }
+        stripe.unlock()
+        return true
+    }
+
+    /// Sets output `index` (0..<4) of the operation in flight ([AIO-9]).
+    /// Another index is a provider bug and traps.
+    public func setOutput(_ index: Int, _ value: (any Sendable)?) {
+        precondition(index >= 0 && index < Self.slotCount, "AioKit: setOutput index \(index) is out of range 0..<4")
+        slotStorage().outputs[index] = value
+    }
+
+    /// Ends the operation in flight with `error` (nil: success) and `count`
+    /// bytes; its callback runs on the task pool, never on this thread ([AIO-3]).
+    /// Finishing a handle with no operation in flight is a provider bug and traps ([AIO-28]).
+    public func finish(_ error: AioError? = nil, count: Int = 0) {
+        stripe.lock()
+        markFinished(error, count)
+        stripe.unlock()
+        dispatchCompletion()
+    }
+
+    /// `finish`, but the callback runs on this thread before it returns ([AIO-4]).
+    /// The caller must hold no lock the callback could need.
+    public func finishSync(_ error: AioError? = nil, count: Int = 0) {
+        stripe.lock()
+        markFinished(error, count)
+        stripe.unlock()
+        if callback != nil {
+            runCallback()
+        } else {
+            completeCallback()
+        }
+        Unmanaged.passUnretained(self).release()  // the in-flight reference; the caller still holds one
+    }
+
+    // MARK: - Internals
+
+    /// Records the end of the operation in flight (stripe lock held).
+    @inline(__always) func markFinished(_ error: AioError?, _ count: Int) {
+        precondition(
+            flags & Self.inFlight != 0,
+            "AioKit: finish() called on a handle with no operation in flight (finished twice, or never started)")
+        flags &= ~Self.inFlight
+        cancelFn = nil
+        result = error
+        transferred = count
+        stripe.unlink(self)
+        if flags & Self.timerArmed != 0 {
+            flags &= ~Self.timerArmed
+            runtime.timers.remove(self)
+        }
+    }
+
+    /// Hands the finished operation to the task pool (no lock held); the
+    /// in-flight reference goes with it.
+    @inline(__always) func dispatchCompletion() {
+        if callback != nil {
+            runtime.pool.dispatch(Unmanaged.passUnretained(self))
+        } else {
+            completeCallback()
+            Unmanaged.passUnretained(self).release()
+        }
+    }
+
+    /// Runs the callback on this thread, then marks it done.
+    func runCallback() {
+        let me = Thread.current
+        let outer = callbackThread.exchange(me, ordering: .relaxed)
+        callback?(self)
+        callbackThread.store(outer, ordering: .relaxed)
+        completeCallback()
+    }
+
+    /// One operation fewer in flight-or-callback; wakes waiters at zero.
+    @inline(__always) func completeCallback() {
+        stripe.lock()
+        busy -= 1
+        if busy == 0 && flags & Self.waiters != 0 {
+            flags &= ~Self.waiters
+            stripe.broadcast()
+        }
+        stripe.unlock()
+    }
+
+    /// The timer reached the deadline of operation `armedSeq` ([AIO-21], [TMR-4]).
+    func timerExpired(seq armedSeq: UInt32) {
+        stripe.lock()
+        guard flags & Self.inFlight != 0, seq == armedSeq, let fn = cancelFn else {
+            stripe.unlock()  // finished, or already being canceled: the finisher wins
+            return
+        }
+        if flags & Self.succeedAtExpiry != 0 {
+            markFinished(nil, 0)  // a sleep reached its end ([AIO-25])
+            stripe.unlock()
+            dispatchCompletion()
+            return
+        }
+        cancelFn = nil
+        stripe.unlock()
+        fn(self, .timedOut)
+    }
+
+    /// Shutdown: the cancel routine of the operation in flight, taken (stripe lock held).
+    func takeCancelForShutdown() -> (@Sendable (AioHandle, AioError) -> Void)? {
+        flags |= Self.stopped
+        let fn = cancelFn
+        cancelFn = nil
+        return fn
+    }
+
+    @inline(__always) func slotStorage() -> Slots {
+        if let slots { return slots }
+        let s = Slots()
+        slots = s
+        return s
+    }
+
+    /// Inputs and outputs, allocated on first use so that a handle that never
+    /// uses them stays small.
+    final class Slots {
+        var inputs: [(any Sendable)?] = [nil, nil, nil, nil]
+        var outputs: [(any Sendable)?] = [nil, nil, nil, nil]
+
+        func clearOutputs() {
+            if outputs[0] != nil || outputs[1] != nil || outputs[2] != nil || outputs[3] != nil {
+                for i in 0..<4 { outputs[i] = nil }
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+import Glibc
+import Synchronization
+
+/// The machinery behind handles: task threads that run callbacks, the timer
+/// thread, the reaper, and the lock stripes of its handles ([RT-1]..[RT-7]).
+///
+/// `AioRuntime.shared` starts on first use and serves every handle made
+/// without a runtime; private runtimes isolate a subsystem (or a test) and are
+/// shut down with `shutdown()` (or when their last reference goes).
+public final class AioRuntime: Sendable {
+    /// How a runtime is sized.
+    public struct Configuration: Sendable {
+        /// Callback workers kept running (default: max(2, cores)).
+        public var taskThreads: Int
+        /// The most workers the pool grows to while workers are blocked in
+        /// `wait()`/`stop()` inside callbacks (default: taskThreads + 64) ([POOL-4]).
+        public var maxTaskThreads: Int
+
+        public init() {
+            let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            taskThreads = max(2, cores)
+            maxTaskThreads = taskThreads + 64
+        }
+
+        public init(taskThreads: Int, maxTaskThreads: Int? = nil) {
+            self.taskThreads = taskThreads
+            self.maxTaskThreads = maxTaskThreads ?? (taskThreads + 64)
+        }
+    }
+
+    private static let sharedRuntime: AioRuntime = {
+        do {
+            return try AioRuntime()
+        } catch {
+            fatalError("AioKit: the shared runtime cannot start its threads: \(error)")
+        }
+    }()
+
+    /// The process-wide runtime, started on first use ([RT-1]).
+    public static var shared: AioRuntime { sharedRuntime }
+
+    public let configuration: Configuration
+    let core: RuntimeCore
+    let pool: TaskPool
+    let timers: TimerQueue
+    let reaper: Reaper
+    private let stripes: [Stripe]
+    private let stripeCounter = Atomic<Int>(0)
+    static let stripeCount = 256
+
+    /// Starts a runtime's threads. A configuration with fewer than one task
+    /// thread, or a ceiling below `taskThreads` (or above 4096), throws
+    /// `.invalidArgument`; a system that refuses threads throws ([RT-7]).
+    public init(configuration: Configuration = .init()) throws {
+        guard configuration.taskThreads >= 1, configuration.taskThreads <= 4096,
+            configuration.maxTaskThreads >= configuration.taskThreads, configuration.maxTaskThreads <= 4096
+        else { throw AioError.invalidArgument }
+        self.configuration = configuration
+        stripes = (0..<Self.stripeCount).map { _ in Stripe() }
+        pool = TaskPool(
+            threads: configuration.taskThreads, maxThreads: configuration.maxTaskThreads, name: "aio-task")
+        timers = TimerQueue()
+        reaper = Reaper()
+        core = RuntimeCore(stripes: stripes, pool: pool, timers: timers, reaper: reaper)
+        let started = timers.start(name: "aio-timer") && reaper.start(name: "aio-reaper") && pool.start()
+        if !started {
+            core.shutdown()
+            throw AioError.system(errno: EAGAIN)
+        }
+    }
+
+    deinit {
+        core.shutdown()
+    }
+
+    @inline(__always) func nextStripe() -> Stripe {
+        let i = stripeCounter.add(1, ordering: .relaxed).newValue
+        return stripes[i & (Self.stripeCount - 1)]
+    }
+
+    /// Completes every pending operation with `.stopped` (callbacks still run,
+    /// exactly once), refuses new operations with `.stopped`, and joins the
+    /// runtime's threads ([RT-2]..[RT-4]). Idempotent; a second caller waits
+    /// for the first to finish. Called from one of the runtime's own threads
+    /// (a callback), it starts the shutdown and returns ([RT-5]).
+    public func shutdown() {
+        core.shutdown()
+    }
+
+    /// True once `shutdown()` has started.
+    public var isShutDown: Bool { core.isShuttingDown }
+}
+
+/// The runtime's parts and its shutdown, apart from `AioRuntime` so that a
+/// shutdown finished on another thread never touches a runtime being freed.
+final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
+    private enum State { case running, stopping, stopped }
+
+    let stripes: [Stripe]
+    let pool: TaskPool
+    let timers: TimerQueue
+    let reaper: Reaper
+    private let lock = ConditionLock()
+    private var state = State.running
+
+    init(stripes: [Stripe], pool: TaskPool, timers: TimerQueue, reaper: Reaper) {
+        self.stripes = stripes
+        self.pool = pool
+        self.timers = timers
+        self.reaper = reaper
+    }
+
+    var isShuttingDown: Bool { lock.withLock { state != .running } }
+
+    /// True on a thread of this runtime (a callback, the timer, the reaper).
+    private var onOwnThread: Bool {
+        if pool.currentWorker() != nil { return true }
+        let me = pthread_self()
+        if let t = reaper.thread, pthread_equal(t, me) != 0 { return true }
+        if let t = timers.thread, pthread_equal(t, me) != 0 { return true }
+        return false
+    }
+
+    func shutdown() {
+        let own = onOwnThread
+        lock.lock()
+        switch state {
+        case .running:
+            state = .stopping
+        case .stopping:
+            if !own {
+                while state != .stopped { lock.wait() }
+            }
+            lock.unlock()
+            return
+        case .stopped:
+            lock.unlock()
+            return
+        }
+        lock.unlock()
+
+        // Refuse new operations, and take the cancel routine of every one in flight ([RT-2], [RT-3]).
+        var pending: [(Unmanaged<AioHandle>, @Sendable (AioHandle, AioError) -> Void)] = []
+        for s in stripes {
+            s.lock()
+            s.closed = true
+            var h = s.liveHead
+            while let u = h {
+                let handle = u.takeUnretainedValue()
+                if let fn = handle.takeCancelForShutdown() { pending.append((u.retain(), fn)) }
+                h = handle.liveNext
+            }
+            s.unlock()
+        }
+        for (u, fn) in pending {
+            let handle = u.takeRetainedValue()
+            fn(handle, .stopped)
+        }
+        pending.removeAll()
+
+        if own {
+            // From a callback: the rest happens elsewhere ([RT-5]).
+            if Thread.spawn(name: "aio-shutdown", detached: true, { [self] in finish() }) == nil {
+                lock.withLock { state = .stopped; lock.broadcast() }
+            }
+            return
+        }
+        finish()
+    }
+
+    /// Waits until nothing is in flight or queued, then stops the threads.
+    private func finish() {
+        var quietRounds = 0
+        while quietRounds < 2 {
+            var live = 0
+            for s in stripes {
+                s.lock()
+                live += s.liveCount
+                s.unlock()
+            }
+            if live == 0 && pool.isQuiet && reaper.isQuiet {
+                quietRounds += 1
+            } else {
+                quietRounds = 0
+                var ts = timespec(tv_sec: 0, tv_nsec: 200_000)
+                nanosleep(&ts, nil)
+            }
+        }
+        reaper.stop()
+        timers.stop()
+        pool.terminate()
+        lock.withLock {
+            state = .stopped
+            lock.broadcast()
+        }
+    }
+}

@@ -1,0 +1,253 @@
+import Glibc
+
+/// The runtime's callback workers ([POOL-1]..[POOL-6]).
+///
+/// A FIFO of finished handles (intrusive, linked through `liveNext`), guarded
+/// by one mutex, and `taskThreads` workers parked on its condition variable.
+/// A completion finished on a worker goes to that worker's LIFO slot and runs
+/// right after the current callback, without a wake-up ([POOL-3]). A worker
+/// that blocks in `wait()`/`stop()` is replaced by a spare thread, up to
+/// `maxTaskThreads` ([POOL-4]); at that ceiling it runs queued callbacks while
+/// it waits ([POOL-5]), so waits inside callbacks never starve the pool.
+final class TaskPool: @unchecked Sendable {  // every var below is guarded by `lock`; WorkerContext fields by their thread
+    let lock = ConditionLock()
+    private var head: Unmanaged<AioHandle>?
+    private var tail: Unmanaged<AioHandle>?
+    private var queued = 0
+    /// Threads alive, parked idle, blocked in wait(), running a callback.
+    private var threads = 0
+    private var idle = 0
+    private var blocked = 0
+    private var active = 0
+    private var terminated = false
+    /// A transient thread drains the queue after termination.
+    private var drainer = false
+    let minThreads: Int
+    let maxThreads: Int
+    private let name: String
+
+    /// How many LIFO-slot runs in a row before the slot goes to the queue (fairness).
+    static let lifoLimit = 32
+    /// How long a surplus worker lingers idle before it exits.
+    static let surplusLingerNanos: UInt64 = 200_000_000
+
+    static let workerKey = ThreadLocalKey()
+
+    /// A worker's own state, reachable through the thread-local key.
+    final class WorkerContext {
+        unowned(unsafe) let pool: TaskPool
+        var lifo: Unmanaged<AioHandle>?
+        var blocking = 0
+        init(pool: TaskPool) { self.pool = pool }
+    }
+
+    init(threads: Int, maxThreads: Int, name: String) {
+        self.minThreads = threads
+        self.maxThreads = maxThreads
+        self.name = name
+    }
+
+    /// Starts the initial workers; false if the system refused a thread.
+    func start() -> Bool {
+        for _ in 0..<minThreads {
+            lock.lock()
+            threads += 1
+            lock.unlock()
+            if !spawnWorker() { return false }
+        }
+        return true
+    }
+
+    private func spawnWorker() -> Bool {
+        let ok = Thread.spawn(name: name, detached: true) { [self] in workerMain() } != nil
+        if !ok {
+            lock.lock()
+            threads -= 1
+            lock.broadcast()
+            lock.unlock()
+        }
+        return ok
+    }
+
+    /// The calling thread's worker context if it is one of this pool's workers.
+    @inline(__always) func currentWorker() -> WorkerContext? {
+        guard let raw = Self.workerKey.get() else { return nil }
+        let ctx = Unmanaged<WorkerContext>.fromOpaque(raw).takeUnretainedValue()
+        return ctx.pool === self ? ctx : nil
+    }
+
+    /// Queues a finished handle's callback; takes over its in-flight reference.
+    @inline(__always) func dispatch(_ h: Unmanaged<AioHandle>) {
+        if let ctx = currentWorker(), ctx.blocking == 0 {
+            let previous = ctx.lifo
+            ctx.lifo = h
+            guard let previous else { return }
+            enqueue(previous)
+            return
+        }
+        enqueue(h)
+    }
+
+    private func enqueue(_ h: Unmanaged<AioHandle>) {
+        h._withUnsafeGuaranteedRef { $0.liveNext = nil }
+        lock.lock()
+        if let t = tail {
+            t._withUnsafeGuaranteedRef { $0.liveNext = h }
+        } else {
+            head = h
+        }
+        tail = h
+        queued += 1
+        if idle > 0 {
+            lock.signal()
+        } else if terminated && !drainer && threads == 0 {
+            startDrainer()
+        }
+        lock.unlock()
+    }
+
+    /// Lock held.
+    @inline(__always) private func dequeue() -> Unmanaged<AioHandle>? {
+        guard let h = head else { return nil }
+        head = h._withUnsafeGuaranteedRef { $0.liveNext }
+        if head == nil { tail = nil }
+        queued -= 1
+        return h
+    }
+
+    /// Runs one callback and then whatever it put in the LIFO slot.
+    private func run(_ first: Unmanaged<AioHandle>, _ ctx: WorkerContext) {
+        var next: Unmanaged<AioHandle>? = first
+        var streak = 0
+        while let current = next {
+            let handle = current.takeRetainedValue()  // the in-flight reference, dropped after the callback
+            handle.runCallback()
+            next = ctx.lifo
+            ctx.lifo = nil
+            streak += 1
+            if let n = next, streak >= Self.lifoLimit {
+                enqueue(n)
+                next = nil
+            }
+        }
+    }
+
+    private func workerMain() {
+        let ctx = WorkerContext(pool: self)
+        let raw = Unmanaged.passRetained(ctx).toOpaque()
+        Self.workerKey.set(raw)
+        lock.lock()
+        while true {
+            if let h = dequeue() {
+                active += 1
+                lock.unlock()
+                run(h, ctx)
+                lock.lock()
+                active -= 1
+                continue
+            }
+            if terminated { break }
+            idle += 1
+            if threads - blocked > minThreads {
+                // A spare thread, no longer needed: linger a little, then exit ([POOL-4]).
+                lock.wait(untilNanos: Clock.nanos() &+ Self.surplusLingerNanos)
+                idle -= 1
+                if head == nil && threads - blocked > minThreads { break }
+            } else {
+                lock.wait()
+                idle -= 1
+            }
+        }
+        threads -= 1
+        if terminated { drainer = false }
+        lock.broadcast()
+        lock.unlock()
+        Self.workerKey.set(nil)
+        Unmanaged<WorkerContext>.fromOpaque(raw).release()
+    }
+
+    // MARK: - Blocking inside callbacks
+
+    /// A worker is about to block in wait(): its LIFO slot goes to the queue
+    /// and a spare worker takes its place if the ceiling allows. Returns true
+    /// when it may not (the caller then helps run queued callbacks).
+    func workerWillBlock(_ ctx: WorkerContext) -> Bool {
+        if let l = ctx.lifo {
+            ctx.lifo = nil
+            enqueue(l)
+        }
+        ctx.blocking += 1
+        lock.lock()
+        blocked += 1
+        var spawn = false
+        var atCeiling = false
+        if threads - blocked < minThreads {
+            if threads < maxThreads {
+                threads += 1
+                spawn = true
+            } else {
+                atCeiling = true
+            }
+        }
+        lock.unlock()
+        if spawn && !spawnWorker() { atCeiling = true }
+        return atCeiling
+    }
+
+    func workerDidUnblock(_ ctx: WorkerContext) {
+        lock.lock()
+        blocked -= 1
+        lock.unlock()
+        ctx.blocking -= 1
+    }
+
+    /// Runs one queued callback on this thread (a worker helping while it waits).
+    func runOneQueued() -> Bool {
+        lock.lock()
+        guard let h = dequeue() else {
+            lock.unlock()
+            return false
+        }
+        active += 1
+        lock.unlock()
+        let handle = h.takeRetainedValue()
+        handle.runCallback()
+        lock.lock()
+        active -= 1
+        lock.unlock()
+        return true
+    }
+
+    // MARK: - Shutdown
+
+    /// True when nothing is queued and no callback runs.
+    var isQuiet: Bool {
+        lock.withLock { head == nil && active == 0 }
+    }
+
+    /// Workers exit once the queue is empty; returns when they all have.
+    func terminate() {
+        lock.lock()
+        terminated = true
+        lock.broadcast()
+        while threads > 0 { lock.wait() }
+        lock.unlock()
+    }
+
+    /// After termination, a callback still dispatched (an operation refused
+    /// with `.stopped`) runs on a transient thread: never on the finisher's ([RT-3]).
+    private func startDrainer() {
+        drainer = true
+        threads += 1
+        if Thread.spawn(name: "aio-drain", detached: true, { [self] in workerMain() }) == nil {
+            threads -= 1
+            drainer = false
+            // No thread at all: run it here rather than lose the callback.
+            while let h = dequeue() {
+                lock.unlock()
+                h.takeRetainedValue().runCallback()
+                lock.lock()
+            }
+        }
+    }
+}

@@ -1,0 +1,2 @@
+import AioKit
+print("bench")
