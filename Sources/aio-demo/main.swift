@@ -1,22 +1,122 @@
+// aio-demo: a short tour of AioKit's handles.
+//
+//   swift run aio-demo
+//
+// Each part allocates its handles, starts operations, and prints what
+// happened: a chain of operations driven from callbacks, a timeout, a cancel,
+// a stop, a custom provider, and a runtime shutdown with work in flight.
+
 import AioKit
+import Glibc
 import Synchronization
 
-let counter = Atomic<Int>(0)
-let h = AioHandle { h in
-    let n = counter.add(1, ordering: .relaxed).newValue
-    if n < 100_000 { h.sleep(.zero) }
+/// Milliseconds since the demo started (monotonic).
+let origin = ContinuousClock.now
+func ms() -> String {
+    let d = ContinuousClock.now - origin
+    let (s, a) = d.components
+    let total = Double(s) * 1000 + Double(a) / 1e15
+    return String(Int(total.rounded())).leftPadded(5) + " ms"
 }
-h.sleep(.zero)
-while counter.load(ordering: .relaxed) < 100_000 {}
-h.wait()
-print("chain ok", counter.load(ordering: .relaxed))
 
-let s = AioHandle()
-s.sleep(.milliseconds(50)); s.wait(); print("sleep", s.error as Any)
-s.timeout = .after(.milliseconds(10)); s.sleep(.seconds(5)); s.wait(); print("sleep timeout", s.error as Any)
-s.timeout = .infinite; s.sleep(.seconds(5)); s.cancel(); s.wait(); print("cancel", s.error as Any)
-s.stop(); s.sleep(.zero); s.wait(); print("after stop", s.error as Any)
-let rt = try AioRuntime()
-let many = (0..<2000).map { _ in AioHandle(runtime: rt) { $0.reap() } }
-for m in many { m.sleep(.seconds(100)) }
-rt.shutdown(); print("shutdown ok")
+extension String {
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
+    }
+}
+
+func say(_ text: String) {
+    print("[\(ms())] \(text)")
+}
+
+func describe(_ error: AioError?) -> String {
+    error.map { "\($0)" } ?? "success"
+}
+
+// 1. A chain: the callback starts the next operation on the same handle.
+say("1. chaining: five 20 ms sleeps, each started from the previous one's callback")
+let steps = Atomic<Int>(0)
+let chain = AioHandle { h in
+    let n = steps.add(1, ordering: .relaxed).newValue
+    say("   step \(n) done: \(describe(h.error))")
+    if n < 5 { h.sleep(.milliseconds(20)) }
+}
+chain.sleep(.milliseconds(20))
+chain.wait()  // waits for the whole chain: every step's callback has returned
+say("   chain finished after \(steps.load(ordering: .relaxed)) steps")
+
+// 2. A timeout shorter than the operation ends it with .timedOut.
+say("2. timeout: a 5 s sleep on a handle with a 50 ms timeout")
+let limited = AioHandle()
+limited.timeout = .after(.milliseconds(50))
+limited.sleep(.seconds(5))
+limited.wait()
+say("   result: \(describe(limited.error))")
+
+// 3. cancel() ends a pending operation at once; the callback still runs once.
+say("3. cancel: a 60 s sleep canceled after 30 ms")
+let callbacks = Atomic<Int>(0)
+let sleeper = AioHandle { h in
+    callbacks.add(1, ordering: .relaxed)
+    say("   callback: \(describe(h.error))")
+}
+sleeper.sleep(.seconds(60))
+usleep(30_000)
+sleeper.cancel()
+sleeper.wait()
+say("   callbacks run: \(callbacks.load(ordering: .relaxed))")
+
+// 4. stop() ends the operation and refuses later ones, even from callbacks.
+say("4. stop: stopping a handle, then trying to start on it again")
+let stoppable = AioHandle { h in say("   callback: \(describe(h.error))") }
+stoppable.sleep(.seconds(60))
+stoppable.stop()
+stoppable.sleep(.milliseconds(1))
+stoppable.wait()
+
+// 5. A provider of our own: start, then finish from another thread.
+say("5. a custom provider: an operation finished by a worker with outputs and a count")
+let work = AioHandle { h in
+    say("   callback: \(describe(h.error)), count \(h.count), output 0 = \(h.output(0) ?? "nil")")
+}
+try work.setInput(0, "hello")
+work.reset()
+if work.start(onCancel: { h, error in h.finish(error) }) {
+    let input = work.input(0) as? String ?? ""
+    let helper = AioHandle { _ in
+        work.setOutput(0, input.uppercased())
+        work.finish(nil, count: input.utf8.count)
+    }
+    helper.sleep(.milliseconds(10))  // "the I/O": done 10 ms later on the task pool
+}
+work.wait()
+
+// 6. Waiting inside callbacks never deadlocks, even on a one-thread pool.
+say("6. waits inside callbacks: 8 callbacks on a 1-thread runtime each wait for a sleep")
+let small = try AioRuntime(configuration: .init(taskThreads: 1, maxTaskThreads: 4, name: "demo"))
+let waited = Atomic<Int>(0)
+let targets = (0..<8).map { _ in AioHandle(runtime: small) { _ in } }
+let waiters = (0..<8).map { i in
+    AioHandle(runtime: small) { _ in
+        targets[i].wait()
+        waited.add(1, ordering: .relaxed)
+    }
+}
+for t in targets { t.sleep(.milliseconds(30)) }
+for w in waiters { w.sleep(.zero) }
+for w in waiters { w.wait() }
+say("   all \(waited.load(ordering: .relaxed)) waits returned")
+
+// 7. Shutdown with work in flight: every callback runs once with .stopped.
+say("7. shutdown: 1,000 pending 60 s sleeps whose callbacks reap their own handle")
+let stoppedCount = Atomic<Int>(0)
+for _ in 0..<1000 {
+    let h = AioHandle(runtime: small) { h in
+        if h.error == .stopped { stoppedCount.add(1, ordering: .relaxed) }
+        h.reap()  // teardown from the own callback is safe
+    }
+    h.sleep(.seconds(60))
+}
+small.shutdown()
+say("   callbacks with .stopped: \(stoppedCount.load(ordering: .relaxed))")
+say("done")

@@ -15,16 +15,21 @@ public final class AioRuntime: Sendable {
         /// The most workers the pool grows to while workers are blocked in
         /// `wait()`/`stop()` inside callbacks (default: taskThreads + 64) ([POOL-4]).
         public var maxTaskThreads: Int
+        /// Prefix of the runtime's thread names ("aio": aio-task, aio-timer,
+        /// aio-reaper), as `top -H` and debuggers show them (15 bytes kept).
+        public var name: String
 
         public init() {
             let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
             taskThreads = max(2, cores)
             maxTaskThreads = taskThreads + 64
+            name = "aio"
         }
 
-        public init(taskThreads: Int, maxTaskThreads: Int? = nil) {
+        public init(taskThreads: Int, maxTaskThreads: Int? = nil, name: String = "aio") {
             self.taskThreads = taskThreads
             self.maxTaskThreads = maxTaskThreads ?? (taskThreads + 64)
+            self.name = name
         }
     }
 
@@ -58,11 +63,14 @@ public final class AioRuntime: Sendable {
         self.configuration = configuration
         stripes = (0..<Self.stripeCount).map { _ in Stripe() }
         pool = TaskPool(
-            threads: configuration.taskThreads, maxThreads: configuration.maxTaskThreads, name: "aio-task")
+            threads: configuration.taskThreads, maxThreads: configuration.maxTaskThreads,
+            name: configuration.name + "-task")
         timers = TimerQueue()
         reaper = Reaper()
         core = RuntimeCore(stripes: stripes, pool: pool, timers: timers, reaper: reaper)
-        let started = timers.start(name: "aio-timer") && reaper.start(name: "aio-reaper") && pool.start()
+        let started =
+            timers.start(name: configuration.name + "-timer") && reaper.start(name: configuration.name + "-reaper")
+            && pool.start()
         if !started {
             core.shutdown()
             throw AioError.system(errno: EAGAIN)

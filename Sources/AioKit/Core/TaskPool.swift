@@ -22,6 +22,8 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
     private var terminated = false
     /// A transient thread drains the queue after termination.
     private var drainer = false
+    /// Workers that have exited (or are exiting) and still need a join.
+    private var exited: [pthread_t] = []
     let minThreads: Int
     let maxThreads: Int
     private let name: String
@@ -59,7 +61,8 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
     }
 
     private func spawnWorker() -> Bool {
-        let ok = Thread.spawn(name: name, detached: true) { [self] in workerMain() } != nil
+        joinExited()
+        let ok = Thread.spawn(name: name) { [self] in workerMain(joinable: true) } != nil
         if !ok {
             lock.lock()
             threads -= 1
@@ -132,7 +135,16 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         }
     }
 
-    private func workerMain() {
+    private func joinExited() {
+        let zombies: [pthread_t] = lock.withLock {
+            let z = exited
+            exited.removeAll()
+            return z
+        }
+        for t in zombies { Thread.join(t) }
+    }
+
+    private func workerMain(joinable: Bool) {
         let ctx = WorkerContext(pool: self)
         let raw = Unmanaged.passRetained(ctx).toOpaque()
         Self.workerKey.set(raw)
@@ -159,7 +171,7 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
             }
         }
         threads -= 1
-        if terminated { drainer = false }
+        if joinable { exited.append(pthread_self()) } else { drainer = false }
         lock.broadcast()
         lock.unlock()
         Self.workerKey.set(nil)
@@ -232,6 +244,7 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         lock.broadcast()
         while threads > 0 { lock.wait() }
         lock.unlock()
+        joinExited()
     }
 
     /// After termination, a callback still dispatched (an operation refused
@@ -239,7 +252,7 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
     private func startDrainer() {
         drainer = true
         threads += 1
-        if Thread.spawn(name: "aio-drain", detached: true, { [self] in workerMain() }) == nil {
+        if Thread.spawn(name: "aio-drain", detached: true, { [self] in workerMain(joinable: false) }) == nil {
             threads -= 1
             drainer = false
             // No thread at all: run it here rather than lose the callback.

@@ -20,7 +20,6 @@ enum Thread {
         if detached { pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED)) }
         let rc = pthread_create(&tid, &attr, { arg in
             let start = Unmanaged<Start>.fromOpaque(arg!).takeRetainedValue()
-            _ = caio_set_thread_name(start.name)
             start.body()
             return nil
         }, box)
@@ -28,6 +27,7 @@ enum Thread {
             Unmanaged<Start>.fromOpaque(box).release()
             return nil
         }
+        _ = caio_set_thread_name(tid, name)  // named before it can be seen running
         return tid
     }
 

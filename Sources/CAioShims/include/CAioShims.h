@@ -5,7 +5,9 @@
 
 #include <stdint.h>
 
-/// Names the calling thread (at most 15 bytes are kept). Returns 0 or an errno.
-int caio_set_thread_name(const char *name);
+#include <pthread.h>
+
+/// Names a thread (at most 15 bytes are kept). Returns 0 or an errno.
+int caio_set_thread_name(pthread_t thread, const char *name);
 
 #endif
