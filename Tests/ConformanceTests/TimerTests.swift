@@ -96,10 +96,12 @@ struct TimerTests {
                 }
             }
             h.timeout = .after(.microseconds(200))
-            let started = h.start(onCancel: { h, e in h.finish(e) })
+            // The provider's rule: completion and cancel routine claim the operation; one wins.
+            let claimed = Counter()
+            let started = h.start(onCancel: { h, e in if claimed.increment() == 1 { h.finish(e) } })
             #expect(started)
             // Race the timer with a provider completion.
-            h.finish()
+            if claimed.increment() == 1 { h.finish() }
             #expect(eventually { second.count == 1 })
             sleepMillis(1)
             #expect(h.isBusy)  // the second operation is still pending: the old timer did nothing

@@ -88,7 +88,7 @@ final class Reaper: @unchecked Sendable {  // `items`, `processing`, `running` g
             running = false
             lock.signal()
         }
+        // `thread` stays set: other threads compare against it (set once, before they exist).
         if let thread { Thread.join(thread) }
-        thread = nil
     }
 }

@@ -92,7 +92,7 @@ final class TimerQueue: @unchecked Sendable {  // `wheel`, `wakeAt`, `running` g
             running = false
             lock.signal()
         }
+        // `thread` stays set: other threads compare against it (set once, before they exist).
         if let thread { Thread.join(thread) }
-        thread = nil
     }
 }
