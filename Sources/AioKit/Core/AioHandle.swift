@@ -37,6 +37,8 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     var result: AioError?
     var transferred = 0
     var cancelFn: (@Sendable (AioHandle, AioError) -> Void)?
+    /// The core's own providers' cancel routine: told which operation it cancels.
+    var cancelSeqFn: CancelRoutine?
     var pendingAbort: AioError?
     /// Live list while in flight; the task pool's queue link once finished.
     var liveNext: Unmanaged<AioHandle>?
@@ -61,12 +63,17 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     /// Links for a provider's intrusive queues (a stream's pending receives...).
     var providerNext: Unmanaged<AioHandle>?
     var providerPrev: Unmanaged<AioHandle>?
-    /// Scratch word for the provider of the operation in flight.
+    /// Scratch words for the provider of the operation in flight.
     var providerWord: Int = 0
+    var providerCount: Int = 0
 
     /// The thread running this handle's callback (0: none): `wait()` and
     /// `stop()` from inside it must not wait for it ([DL-1]).
     let callbackThread = Atomic<UInt>(0)
+
+    /// A cancel routine that is given the number of the operation it was taken
+    /// for, so that a routine running late never touches a later operation.
+    typealias CancelRoutine = @Sendable (AioHandle, AioError, UInt32) -> Void
 
     // Flags (stripe lock).
     static let inFlight: UInt32 = 1 << 0
@@ -220,6 +227,13 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             fn(self, error)  // outside the lock ([DL-7])
             return
         }
+        if let fn = cancelSeqFn {
+            cancelSeqFn = nil
+            let s = seq
+            stripe.unlock()
+            fn(self, error, s)
+            return
+        }
         if flags & Self.inFlight == 0 && busy == 0 {
             pendingAbort = error
         }
@@ -272,15 +286,15 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     /// `abort` and a timeout call it once, outside any lock, with the error,
     /// and the provider finishes the operation ([AIO-13], [AIO-21]).
     public func start(onCancel: (@Sendable (AioHandle, AioError) -> Void)?) -> Bool {
-        begin(onCancel: onCancel, defaultTimeout: -1, sleepDeadline: 0, reset: false)
+        begin(onCancel: onCancel, cancelRoutine: nil, defaultTimeout: -1, sleepDeadline: 0, reset: false)
     }
 
     /// `reset()` (if `reset`) and `start` under one lock, with the provider's
     /// own default for `.providerDefault` (nanoseconds, -1: none) and, for
     /// sleeps, the deadline at which the operation succeeds.
     func begin(
-        onCancel: (@Sendable (AioHandle, AioError) -> Void)?, defaultTimeout: Int64, sleepDeadline: UInt64,
-        reset: Bool
+        onCancel: (@Sendable (AioHandle, AioError) -> Void)?, cancelRoutine: CancelRoutine? = nil,
+        defaultTimeout: Int64, sleepDeadline: UInt64, reset: Bool
     ) -> Bool {
         if reset { slots?.clearOutputs() }
         _ = Unmanaged.passRetained(self)  // the in-flight reference ([AIO-27])
@@ -345,8 +359,9 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         }
         flags |= Self.inFlight
         cancelFn = onCancel
+        cancelSeqFn = cancelRoutine
         stripe.link(self)
-        if deadline != 0 && onCancel != nil {  // no cancel routine: nothing a timer could do ([AIO-23])
+        if deadline != 0 && (onCancel != nil || cancelRoutine != nil) {  // no cancel routine: nothing a timer could do ([AIO-23])
             flags |= Self.timerArmed
             runtime.timers.insert(self, deadline: deadline, seq: seq)  // lock order: stripe, then timer
         }
@@ -394,6 +409,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             "AioKit: finish() called on a handle with no operation in flight (finished twice, or never started)")
         flags &= ~Self.inFlight
         cancelFn = nil
+        cancelSeqFn = nil
         result = error
         transferred = count
         stripe.unlink(self)
@@ -437,28 +453,42 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     /// The timer reached the deadline of operation `armedSeq` ([AIO-21], [TMR-4]).
     func timerExpired(seq armedSeq: UInt32) {
         stripe.lock()
-        guard flags & Self.inFlight != 0, seq == armedSeq, let fn = cancelFn else {
+        guard flags & Self.inFlight != 0, seq == armedSeq, cancelFn != nil || cancelSeqFn != nil else {
             stripe.unlock()  // finished, or already being canceled: the finisher wins
             return
         }
+        flags &= ~Self.timerArmed  // it is out of the wheel
         if flags & Self.succeedAtExpiry != 0 {
             markFinished(nil, 0)  // a sleep reached its end ([AIO-25])
             stripe.unlock()
             dispatchCompletion()
             return
         }
+        let fn = cancelFn, seqFn = cancelSeqFn
         cancelFn = nil
+        cancelSeqFn = nil
         stripe.unlock()
-        fn(self, .timedOut)
+        if let fn { fn(self, .timedOut) } else { seqFn?(self, .timedOut, armedSeq) }
     }
 
-    /// Shutdown: the cancel routine of the operation in flight, taken (stripe lock held).
-    func takeCancelForShutdown() -> (@Sendable (AioHandle, AioError) -> Void)? {
+    /// Shutdown: the cancel routine of the operation in flight, taken (stripe
+    /// lock held), as a closure to call with the error.
+    func takeCancelForShutdown() -> ((AioError) -> Void)? {
         flags |= Self.stopped
-        let fn = cancelFn
-        cancelFn = nil
-        return fn
+        if let fn = cancelFn {
+            cancelFn = nil
+            return { [self] e in fn(self, e) }
+        }
+        if let fn = cancelSeqFn {
+            cancelSeqFn = nil
+            let s = seq
+            return { [self] e in fn(self, e, s) }
+        }
+        return nil
     }
+
+    /// The number of the operation in flight (its provider may read it after `begin`).
+    var operationNumber: UInt32 { seq }
 
     @inline(__always) func slotStorage() -> Slots {
         if let slots { return slots }

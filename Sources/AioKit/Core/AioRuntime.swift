@@ -15,6 +15,9 @@ public final class AioRuntime: Sendable {
         /// The most workers the pool grows to while workers are blocked in
         /// `wait()`/`stop()` inside callbacks (default: taskThreads + 64) ([POOL-4]).
         public var maxTaskThreads: Int
+        /// Threads waiting in epoll_wait for socket readiness (default 1),
+        /// started when the first descriptor is registered.
+        public var pollerThreads: Int
         /// Prefix of the runtime's thread names ("aio": aio-task, aio-timer,
         /// aio-reaper), as `top -H` and debuggers show them (15 bytes kept).
         public var name: String
@@ -23,12 +26,14 @@ public final class AioRuntime: Sendable {
             let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
             taskThreads = max(2, cores)
             maxTaskThreads = taskThreads + 64
+            pollerThreads = 1
             name = "aio"
         }
 
-        public init(taskThreads: Int, maxTaskThreads: Int? = nil, name: String = "aio") {
+        public init(taskThreads: Int, maxTaskThreads: Int? = nil, pollerThreads: Int = 1, name: String = "aio") {
             self.taskThreads = taskThreads
             self.maxTaskThreads = maxTaskThreads ?? (taskThreads + 64)
+            self.pollerThreads = pollerThreads
             self.name = name
         }
     }
@@ -49,6 +54,8 @@ public final class AioRuntime: Sendable {
     let pool: TaskPool
     let timers: TimerQueue
     let reaper: Reaper
+    let poller: Poller
+    let resolver: Resolver
     private let stripes: [Stripe]
     private let stripeCounter = Atomic<Int>(0)
     static let stripeCount = 256
@@ -58,7 +65,8 @@ public final class AioRuntime: Sendable {
     /// `.invalidArgument`; a system that refuses threads throws ([RT-7]).
     public init(configuration: Configuration = .init()) throws {
         guard configuration.taskThreads >= 1, configuration.taskThreads <= 4096,
-            configuration.maxTaskThreads >= configuration.taskThreads, configuration.maxTaskThreads <= 4096
+            configuration.maxTaskThreads >= configuration.taskThreads, configuration.maxTaskThreads <= 4096,
+            configuration.pollerThreads >= 1, configuration.pollerThreads <= 64
         else { throw AioError.invalidArgument }
         self.configuration = configuration
         stripes = (0..<Self.stripeCount).map { _ in Stripe() }
@@ -67,7 +75,10 @@ public final class AioRuntime: Sendable {
             name: configuration.name + "-task")
         timers = TimerQueue()
         reaper = Reaper()
-        core = RuntimeCore(stripes: stripes, pool: pool, timers: timers, reaper: reaper)
+        poller = try Poller(threads: configuration.pollerThreads, name: configuration.name + "-poll")
+        resolver = Resolver(name: configuration.name + "-resolve")
+        core = RuntimeCore(
+            stripes: stripes, pool: pool, timers: timers, reaper: reaper, poller: poller, resolver: resolver)
         let started =
             timers.start(name: configuration.name + "-timer") && reaper.start(name: configuration.name + "-reaper")
             && pool.start()
@@ -108,11 +119,15 @@ final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
     let pool: TaskPool
     let timers: TimerQueue
     let reaper: Reaper
+    let poller: Poller
+    let resolver: Resolver
     private let lock = ConditionLock()
     private var state = State.running
 
-    init(stripes: [Stripe], pool: TaskPool, timers: TimerQueue, reaper: Reaper) {
+    init(stripes: [Stripe], pool: TaskPool, timers: TimerQueue, reaper: Reaper, poller: Poller, resolver: Resolver) {
         self.stripes = stripes
+        self.poller = poller
+        self.resolver = resolver
         self.pool = pool
         self.timers = timers
         self.reaper = reaper
@@ -126,6 +141,7 @@ final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
         let me = pthread_self()
         if let t = reaper.thread, pthread_equal(t, me) != 0 { return true }
         if let t = timers.thread, pthread_equal(t, me) != 0 { return true }
+        if poller.onPollerThread { return true }
         return false
     }
 
@@ -148,22 +164,19 @@ final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
         lock.unlock()
 
         // Refuse new operations, and take the cancel routine of every one in flight ([RT-2], [RT-3]).
-        var pending: [(Unmanaged<AioHandle>, @Sendable (AioHandle, AioError) -> Void)] = []
+        var pending: [(AioError) -> Void] = []
         for s in stripes {
             s.lock()
             s.closed = true
             var h = s.liveHead
             while let u = h {
                 let handle = u.takeUnretainedValue()
-                if let fn = handle.takeCancelForShutdown() { pending.append((u.retain(), fn)) }
+                if let fn = handle.takeCancelForShutdown() { pending.append(fn) }
                 h = handle.liveNext
             }
             s.unlock()
         }
-        for (u, fn) in pending {
-            let handle = u.takeRetainedValue()
-            fn(handle, .stopped)
-        }
+        for fn in pending { fn(.stopped) }
         pending.removeAll()
 
         if own {
@@ -194,8 +207,10 @@ final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
                 nanosleep(&ts, nil)
             }
         }
+        resolver.stop()
         reaper.stop()
         timers.stop()
+        poller.stop()
         pool.terminate()
         lock.withLock {
             state = .stopped
