@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "AioKit", targets: ["AioKit"]),
         .executable(name: "aio-demo", targets: ["aio-demo"]),
         .executable(name: "aio-bench", targets: ["aio-bench"]),
+        .executable(name: "aio-echo", targets: ["aio-echo"]),
     ],
     targets: [
         // Platform helpers in C (variadic and GNU calls Swift cannot make directly).
@@ -16,6 +17,7 @@ let package = Package(
         .target(name: "AioKit", dependencies: ["CAioShims"]),
         .executableTarget(name: "aio-demo", dependencies: ["AioKit"]),
         .executableTarget(name: "aio-bench", dependencies: ["AioKit"]),
+        .executableTarget(name: "aio-echo", dependencies: ["AioKit"]),
         .testTarget(name: "AioKitTests", dependencies: ["AioKit"]),
         .testTarget(name: "ConformanceTests", dependencies: ["AioKit"]),
     ],

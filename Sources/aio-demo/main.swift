@@ -4,7 +4,8 @@
 //
 // Each part allocates its handles, starts operations, and prints what
 // happened: a chain of operations driven from callbacks, a timeout, a cancel,
-// a stop, a custom provider, and a runtime shutdown with work in flight.
+// a stop, a custom provider, a runtime shutdown with work in flight, and an
+// echo server with a few clients over loopback TCP.
 
 import AioKit
 import Glibc
@@ -119,4 +120,72 @@ for _ in 0..<1000 {
 }
 small.shutdown()
 say("   callbacks with .stopped: \(stoppedCount.load(ordering: .relaxed))")
+// 8. Streams: an echo server and three clients over loopback, all chained in callbacks.
+say("8. streams: an in-process echo server on 127.0.0.1 and three clients")
+let listener = try StreamListener(url: "tcp://127.0.0.1:0")
+try listener.listen()
+say("   listening on port \(listener.boundPort)")
+
+/// Server side of one connection: receive → send back all of it → receive ...
+final class Echo: Sendable {
+    let stream: any AioStream
+    let memory = Memory(64 * 1024)
+    init(_ stream: any AioStream) { self.stream = stream }
+    func run() {
+        let send = AioHandle { h in if h.error != nil { self.stream.close() } }
+        let receive = AioHandle { h in
+            guard h.error == nil else { return self.stream.close() }
+            try! send.setIOV([AioIOV(UnsafeMutableRawBufferPointer(rebasing: self.memory.bytes[..<h.count]))])
+            (self.stream as! SocketStream).sendAll(send)
+            send.wait()  // waiting inside a callback is safe
+            if send.error == nil { self.stream.receive(h) }
+        }
+        try! receive.setIOV([AioIOV(memory.bytes)])
+        stream.receive(receive)
+    }
+}
+
+/// Caller-owned memory for an iov, freed with its owner.
+final class Memory: @unchecked Sendable {  // its bytes are touched by one operation at a time
+    let bytes: UnsafeMutableRawBufferPointer
+    init(_ count: Int) { bytes = .allocate(byteCount: count, alignment: 16) }
+    deinit { bytes.deallocate() }
+}
+
+let accepted = AioHandle { h in
+    guard h.error == nil, let stream = h.output(0) as? any AioStream else { return }
+    Echo(stream).run()
+    listener.accept(h)  // chain: the next connection
+}
+listener.accept(accepted)
+
+let dialer = try StreamDialer(url: "tcp://127.0.0.1:\(listener.boundPort)")
+let moved = Atomic<Int>(0)
+for client in 1...3 {
+    let dial = AioHandle()
+    dial.timeout = .after(.seconds(5))
+    dialer.dial(dial)
+    dial.wait()
+    guard dial.error == nil, let stream = dial.output(0) as? SocketStream else {
+        say("   client \(client): dial failed: \(describe(dial.error))")
+        continue
+    }
+    let message = Array("hello \(client) from a chained client".utf8) + Array(repeating: UInt8(client), count: 10_000 * client)
+    let out = Memory(message.count), back = Memory(message.count)
+    out.bytes.copyBytes(from: message)
+    let send = AioHandle(), receive = AioHandle()
+    try send.setIOV([AioIOV(out.bytes)])
+    try receive.setIOV([AioIOV(back.bytes)])
+    receive.timeout = .after(.seconds(5))
+    stream.receiveExactly(receive)  // all of it, or an error
+    stream.sendAll(send)
+    send.wait()
+    receive.wait()
+    let same = receive.error == nil && memcmp(out.bytes.baseAddress!, back.bytes.baseAddress!, message.count) == 0
+    moved.add(send.count + receive.count, ordering: .relaxed)
+    say("   client \(client): sent \(send.count) bytes, got \(receive.count) back, \(same ? "identical" : "DIFFERENT")")
+    stream.close()
+}
+listener.close()
+say("   \(moved.load(ordering: .relaxed)) bytes moved in all")
 say("done")

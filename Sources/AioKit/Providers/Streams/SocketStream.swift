@@ -108,8 +108,16 @@ public final class SocketStream: AioStream, PollHandler, @unchecked Sendable {  
         if isTCP { _ = Sys.setOption(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
         cancelRoutine = { [weak self] aio, error, seq in self?.cancel(aio, error, seq) }
         if let registration {
+            // Handed over by a dialer: this stream takes its events, both ways.
             self.registration = registration
             runtime.poller.setHandler(registration, self)
+            do {
+                try runtime.poller.rearm(registration, interest: [.readable, .writable])
+            } catch {
+                self.registration = nil
+                self.fd = -1
+                throw error
+            }
         } else {
             do {
                 self.registration = try runtime.poller.register(
