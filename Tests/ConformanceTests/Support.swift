@@ -12,6 +12,7 @@ final class Counter: Sendable {
     private let value = Atomic<Int>(0)
     init() {}
     @discardableResult func increment() -> Int { value.add(1, ordering: .sequentiallyConsistent).newValue }
+    @discardableResult func decrement() -> Int { value.subtract(1, ordering: .sequentiallyConsistent).newValue }
     var count: Int { value.load(ordering: .sequentiallyConsistent) }
 }
 

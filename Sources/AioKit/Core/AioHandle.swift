@@ -81,6 +81,12 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     static let timerArmed: UInt32 = 1 << 2
     static let waiters: UInt32 = 1 << 3
     static let succeedAtExpiry: UInt32 = 1 << 4
+    /// A callback of this handle is running (callbacks of one handle never overlap, [AIO-31]).
+    static let callbackRunning: UInt32 = 1 << 5
+    /// An operation finished whose callback has not begun (queued, or deferred).
+    static let completionPending: UInt32 = 1 << 6
+    /// That completion waits for the running callback to return, then runs on its thread.
+    static let deferred: UInt32 = 1 << 7
 
     /// A handle whose callback is `callback` (nil: no callback; use `wait()`).
     public init(runtime: AioRuntime = .shared, callback: (@Sendable (AioHandle) -> Void)? = nil) {
@@ -305,6 +311,10 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         precondition(
             flags & Self.inFlight == 0,
             "AioKit: an operation was started on a handle whose operation is still in flight (one operation at a time)")
+        precondition(
+            flags & Self.completionPending == 0,
+            "AioKit: an operation was started on a handle whose previous operation has not reached its callback yet "
+                + "(one operation at a time: wait() for it, or start the next one from its callback)")
         if reset {
             result = nil
             transferred = 0
@@ -334,8 +344,9 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         if let failure {
             result = failure
             transferred = 0
+            let action = completionLocked()
             stripe.unlock()
-            dispatchCompletion()
+            perform(action)
             return false
         }
         if sleepDeadline != 0 {
@@ -344,8 +355,9 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
                 // A sleep already due: success through the pool, no timer ([AIO-25]).
                 result = nil
                 transferred = 0
+                let action = completionLocked()
                 stripe.unlock()
-                dispatchCompletion()
+                perform(action)
                 return false
             }
             if deadline == 0 || sleepDeadline <= deadline {
@@ -382,20 +394,37 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     public func finish(_ error: AioError? = nil, count: Int = 0) {
         stripe.lock()
         markFinished(error, count)
+        let action = completionLocked()
         stripe.unlock()
-        dispatchCompletion()
+        perform(action)
     }
 
     /// `finish`, but the callback runs on this thread before it returns ([AIO-4]).
-    /// The caller must hold no lock the callback could need.
+    /// The caller must hold no lock the callback could need. If the handle's
+    /// previous callback is still running on another thread, this completion
+    /// runs after it, on that thread ([AIO-31]).
     public func finishSync(_ error: AioError? = nil, count: Int = 0) {
         stripe.lock()
         markFinished(error, count)
-        stripe.unlock()
-        if callback != nil {
-            runCallback()
+        if callback == nil || (flags & Self.callbackRunning != 0 && callbackThread.load(ordering: .relaxed) != Thread.current) {
+            let action = completionLocked()
+            stripe.unlock()
+            perform(action)
+            return
+        }
+        if flags & Self.callbackRunning != 0 {
+            // Nested in this handle's own callback, on this thread: run it here.
+            stripe.unlock()
+            let outer = callbackThread.exchange(Thread.current, ordering: .relaxed)
+            callback?(self)
+            callbackThread.store(outer, ordering: .relaxed)
+            stripe.lock()
+            busy -= 1
+            stripe.unlock()
         } else {
-            completeCallback()
+            flags |= Self.callbackRunning
+            stripe.unlock()
+            runCallbacks(dequeued: false)
         }
         Unmanaged.passUnretained(self).release()  // the in-flight reference; the caller still holds one
     }
@@ -419,34 +448,69 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         }
     }
 
-    /// Hands the finished operation to the task pool (no lock held); the
-    /// in-flight reference goes with it.
-    @inline(__always) func dispatchCompletion() {
-        if callback != nil {
-            runtime.pool.dispatch(Unmanaged.passUnretained(self))
-        } else {
-            completeCallback()
-            Unmanaged.passUnretained(self).release()
+    /// What to do with a finished operation once the stripe lock is released.
+    enum CompletionAction { case enqueue, deferred, released }
+
+    /// Decides how the finished (or refused) operation's callback runs
+    /// (stripe lock held): through the pool; after the running callback of
+    /// this handle, on its thread ([AIO-31]); or, with no callback, not at all
+    /// (waiters are woken here).
+    @inline(__always) func completionLocked() -> CompletionAction {
+        if callback == nil {
+            busy -= 1
+            wakeWaitersIfIdle()
+            return .released
+        }
+        flags |= Self.completionPending
+        if flags & Self.callbackRunning != 0 {
+            flags |= Self.deferred
+            return .deferred
+        }
+        return .enqueue
+    }
+
+    /// Carries out `completionLocked`'s decision (no lock held); the in-flight
+    /// reference goes to the pool, stays with the deferred completion, or is dropped.
+    @inline(__always) func perform(_ action: CompletionAction) {
+        switch action {
+        case .enqueue: runtime.pool.dispatch(Unmanaged.passUnretained(self))
+        case .deferred: break
+        case .released: Unmanaged.passUnretained(self).release()
         }
     }
 
-    /// Runs the callback on this thread, then marks it done.
-    func runCallback() {
-        let me = Thread.current
-        let outer = callbackThread.exchange(me, ordering: .relaxed)
-        callback?(self)
-        callbackThread.store(outer, ordering: .relaxed)
-        completeCallback()
-    }
-
-    /// One operation fewer in flight-or-callback; wakes waiters at zero.
-    @inline(__always) func completeCallback() {
-        stripe.lock()
-        busy -= 1
+    @inline(__always) func wakeWaitersIfIdle() {
         if busy == 0 && flags & Self.waiters != 0 {
             flags &= ~Self.waiters
             stripe.broadcast()
         }
+    }
+
+    /// Runs this handle's pending callback on this thread. A completion
+    /// deferred while it ran ([AIO-31]) is then dispatched: from a task thread
+    /// it goes to that thread's LIFO slot and runs next there, subject to the
+    /// pool's fairness limit ([POOL-3]). The caller owns the in-flight
+    /// reference of the callback it runs and drops it after this returns; a
+    /// deferred completion's reference goes to the pool with it.
+    func runCallbacks(dequeued: Bool) {
+        if dequeued {
+            stripe.lock()
+            flags = (flags & ~Self.completionPending) | Self.callbackRunning
+            stripe.unlock()
+        }
+        let outer = callbackThread.exchange(Thread.current, ordering: .relaxed)
+        callback?(self)
+        callbackThread.store(outer, ordering: .relaxed)
+        stripe.lock()
+        busy -= 1
+        flags &= ~Self.callbackRunning
+        if flags & Self.deferred != 0 {
+            flags &= ~Self.deferred  // still pending: now queued
+            stripe.unlock()
+            runtime.pool.dispatch(Unmanaged.passUnretained(self))
+            return
+        }
+        wakeWaitersIfIdle()
         stripe.unlock()
     }
 
@@ -460,8 +524,9 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         flags &= ~Self.timerArmed  // it is out of the wheel
         if flags & Self.succeedAtExpiry != 0 {
             markFinished(nil, 0)  // a sleep reached its end ([AIO-25])
+            let action = completionLocked()
             stripe.unlock()
-            dispatchCompletion()
+            perform(action)
             return
         }
         let fn = cancelFn, seqFn = cancelSeqFn

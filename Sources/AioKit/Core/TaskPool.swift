@@ -124,7 +124,7 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         var streak = 0
         while let current = next {
             let handle = current.takeRetainedValue()  // the in-flight reference, dropped after the callback
-            handle.runCallback()
+            handle.runCallbacks(dequeued: true)
             next = ctx.lifo
             ctx.lifo = nil
             streak += 1
@@ -223,7 +223,7 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         active += 1
         lock.unlock()
         let handle = h.takeRetainedValue()
-        handle.runCallback()
+        handle.runCallbacks(dequeued: true)
         lock.lock()
         active -= 1
         lock.unlock()
@@ -258,7 +258,7 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
             // No thread at all: run it here rather than lose the callback.
             while let h = dequeue() {
                 lock.unlock()
-                h.takeRetainedValue().runCallback()
+                h.takeRetainedValue().runCallbacks(dequeued: true)
                 lock.lock()
             }
         }
