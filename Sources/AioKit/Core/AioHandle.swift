@@ -40,6 +40,8 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     /// The core's own providers' cancel routine: told which operation it cancels.
     var cancelSeqFn: CancelRoutine?
     var pendingAbort: AioError?
+    /// `perform`'s continuation: resumed once, at completion, instead of a callback.
+    var resumeHook: UnsafeContinuation<Void, any Error>?
     /// Live list while in flight; the task pool's queue link once finished.
     var liveNext: Unmanaged<AioHandle>?
     var livePrev: Unmanaged<AioHandle>?
@@ -346,7 +348,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             transferred = 0
             let action = completionLocked()
             stripe.unlock()
-            perform(action)
+            carryOut(action)
             return false
         }
         if sleepDeadline != 0 {
@@ -357,7 +359,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
                 transferred = 0
                 let action = completionLocked()
                 stripe.unlock()
-                perform(action)
+                carryOut(action)
                 return false
             }
             if deadline == 0 || sleepDeadline <= deadline {
@@ -396,7 +398,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         markFinished(error, count)
         let action = completionLocked()
         stripe.unlock()
-        perform(action)
+        carryOut(action)
     }
 
     /// `finish`, but the callback runs on this thread before it returns ([AIO-4]).
@@ -409,7 +411,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         if callback == nil || (flags & Self.callbackRunning != 0 && callbackThread.load(ordering: .relaxed) != Thread.current) {
             let action = completionLocked()
             stripe.unlock()
-            perform(action)
+            carryOut(action)
             return
         }
         if flags & Self.callbackRunning != 0 {
@@ -449,7 +451,10 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     }
 
     /// What to do with a finished operation once the stripe lock is released.
-    enum CompletionAction { case enqueue, deferred, released }
+    enum CompletionAction {
+        case enqueue, deferred, released
+        case resume(UnsafeContinuation<Void, any Error>, AioError?)
+    }
 
     /// Decides how the finished (or refused) operation's callback runs
     /// (stripe lock held): through the pool; after the running callback of
@@ -459,6 +464,10 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         if callback == nil {
             busy -= 1
             wakeWaitersIfIdle()
+            if let hook = resumeHook {
+                resumeHook = nil
+                return .resume(hook, result)
+            }
             return .released
         }
         flags |= Self.completionPending
@@ -471,11 +480,14 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
 
     /// Carries out `completionLocked`'s decision (no lock held); the in-flight
     /// reference goes to the pool, stays with the deferred completion, or is dropped.
-    @inline(__always) func perform(_ action: CompletionAction) {
+    @inline(__always) func carryOut(_ action: CompletionAction) {
         switch action {
         case .enqueue: runtime.pool.dispatch(Unmanaged.passUnretained(self))
         case .deferred: break
         case .released: Unmanaged.passUnretained(self).release()
+        case .resume(let continuation, let error):
+            Unmanaged.passUnretained(self).release()
+            if let error { continuation.resume(throwing: error) } else { continuation.resume() }
         }
     }
 
@@ -526,7 +538,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             markFinished(nil, 0)  // a sleep reached its end ([AIO-25])
             let action = completionLocked()
             stripe.unlock()
-            perform(action)
+            carryOut(action)
             return
         }
         let fn = cancelFn, seqFn = cancelSeqFn

@@ -17,6 +17,9 @@ public final class StreamDialer: Sendable {
 
     public func dial(_ aio: AioHandle) { state.dial(aio) }
 
+    /// The runtime whose poller serves this dialer.
+    public var runtime: AioRuntime { state.runtime }
+
     /// Pending and later dials complete with `.closed`. Calling it again does nothing.
     public func close() { state.close() }
 }

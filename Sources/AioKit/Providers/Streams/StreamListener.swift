@@ -20,6 +20,9 @@ public final class StreamListener: Sendable {
     /// host does not resolve to a local address; `.closed` after `close()`.
     public func listen() throws { try state.listen() }
 
+    /// The runtime whose poller serves this listener.
+    public var runtime: AioRuntime { state.runtime }
+
     /// The TCP port bound (after `listen()`; 0 before, and for ipc).
     public var boundPort: Int { state.boundPort }
 
