@@ -221,7 +221,9 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
                 let e = events + i
                 let data = Epoll.data(e)
                 if data == 0 {
-                    EventFD.drain(wakeFd)
+                    // Stopping: leave the (level-triggered) eventfd readable so that
+                    // every poller thread wakes, not just the first.
+                    if !lock.withLock({ stopping }) { EventFD.drain(wakeFd) }
                     continue
                 }
                 let reg = Unmanaged<PollRegistration>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(data))!)
@@ -248,11 +250,9 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
         stopping = true
         let ts = threads
         lock.unlock()
-        for _ in ts { EventFD.signal(wakeFd) }
-        for t in ts {
-            EventFD.signal(wakeFd)
-            Thread.join(t)
-        }
+        EventFD.signal(wakeFd)  // stays readable until every thread has seen it
+        for t in ts { Thread.join(t) }
+        EventFD.drain(wakeFd)
         lock.lock()
         threads = []
         let free = retiredCurrent + retiredPrevious
