@@ -10,6 +10,10 @@ let package = Package(
         .executable(name: "aio-demo", targets: ["aio-demo"]),
         .executable(name: "aio-bench", targets: ["aio-bench"]),
         .executable(name: "aio-echo", targets: ["aio-echo"]),
+        .executable(name: "aio-echo-reactor", targets: ["aio-echo-reactor"]),
+        .executable(name: "aio-echo-readiness", targets: ["aio-echo-readiness"]),
+        .executable(name: "aio-echo-watcher", targets: ["aio-echo-watcher"]),
+        .executable(name: "aio-async-echo", targets: ["aio-async-echo"]),
     ],
     targets: [
         // Platform helpers in C (variadic and GNU calls Swift cannot make directly).
@@ -18,6 +22,10 @@ let package = Package(
         .executableTarget(name: "aio-demo", dependencies: ["AioKit"]),
         .executableTarget(name: "aio-bench", dependencies: ["AioKit"]),
         .executableTarget(name: "aio-echo", dependencies: ["AioKit"]),
+        .executableTarget(name: "aio-echo-reactor", dependencies: ["AioKit"]),
+        .executableTarget(name: "aio-echo-readiness", dependencies: ["AioKit"]),
+        .executableTarget(name: "aio-echo-watcher", dependencies: ["AioKit"]),
+        .executableTarget(name: "aio-async-echo", dependencies: ["AioKit"]),
         .testTarget(name: "AioKitTests", dependencies: ["AioKit"]),
         .testTarget(name: "ConformanceTests", dependencies: ["AioKit"]),
     ],

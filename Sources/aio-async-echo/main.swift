@@ -1,0 +1,2 @@
+// Placeholder: filled in by the facades / concurrency work.
+import AioKit
