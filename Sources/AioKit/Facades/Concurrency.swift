@@ -1,4 +1,4 @@
-/// The Swift concurrency bridge ([ASYNC-1]..[ASYNC-5]): await any operation,
+/// The Swift concurrency bridge ([ASYNC-1]..[ASYNC-6]): await any operation,
 /// with Task cancellation canceling it.
 ///
 /// Trade-off: callbacks give the lowest latency (a completion runs on the
@@ -8,10 +8,10 @@ extension AioHandle {
     /// Starts an operation through `start` (for example `{ stream.receive($0) }`)
     /// and returns when its callback would have run, throwing the handle's
     /// error ([ASYNC-1]). The handle must have no callback of its own (that is
-    /// a programming error and traps). Cancelling the awaiting Task cancels
+    /// a programming error and traps, [ASYNC-6]). Cancelling the awaiting Task cancels
     /// the operation, which then throws `.canceled` ([ASYNC-2]); a Task already
     /// cancelled starts nothing and throws `CancellationError` ([ASYNC-3]).
-    /// Runs in the caller's isolation, so it can be called from any actor.
+    /// Runs in the caller's isolation, so it can be called from any actor ([ASYNC-5]).
     /// `start` must start exactly one operation on the handle.
     nonisolated(nonsending)
     public func perform(_ start: (AioHandle) -> Void) async throws {

@@ -199,10 +199,15 @@ public final class SocketStream: AioStream, PollHandler, @unchecked Sendable {  
     }
 
     private func start(_ aio: AioHandle, queue: Int, all: Bool) {
-        guard aio.begin(onCancel: nil, cancelRoutine: cancelRoutine, defaultTimeout: -1, sleepDeadline: 0, reset: true)
-        else { return }
-        aio.providerCount = 0
+        // begin under the stream lock: a cancel routine (which takes this lock)
+        // can then never run between the start and the queueing, and be lost.
         lock.lock()
+        guard aio.begin(onCancel: nil, cancelRoutine: cancelRoutine, defaultTimeout: -1, sleepDeadline: 0, reset: true)
+        else {
+            lock.unlock()
+            return
+        }
+        aio.providerCount = 0
         if closed {
             lock.unlock()
             aio.finish(.closed)

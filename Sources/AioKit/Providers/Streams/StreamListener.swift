@@ -120,9 +120,13 @@ final class ListenerState: PollHandler, @unchecked Sendable {  // vars guarded b
     }
 
     func accept(_ aio: AioHandle) {
-        guard aio.begin(onCancel: nil, cancelRoutine: cancelRoutine, defaultTimeout: -1, sleepDeadline: 0, reset: true)
-        else { return }
+        // begin under the listener lock, so that no cancel can slip in before the queueing.
         lock.lock()
+        guard aio.begin(onCancel: nil, cancelRoutine: cancelRoutine, defaultTimeout: -1, sleepDeadline: 0, reset: true)
+        else {
+            lock.unlock()
+            return
+        }
         if closed || fd < 0 {
             let e: AioError = closed ? .closed : .invalidArgument
             lock.unlock()
