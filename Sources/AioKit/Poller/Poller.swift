@@ -82,6 +82,8 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
     private(set) var threadIDs: [pthread_t] = []
     private var started = false
     private var stopping = false
+    /// The CPU the threads are pinned to (`setAffinity`), nil: none.
+    private var affinity: Int?
     // Quiescent-state reclamation of retired registrations.
     private var generation: UInt64 = 1
     private var seen: [UInt64] = []
@@ -117,6 +119,7 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
         seen = Array(repeating: 0, count: threadCount)
         for i in 0..<threadCount {
             guard let t = Thread.spawn(name: name, { [self] in run(index: i) }) else { break }
+            if let affinity { _ = CPUAffinity.pin(t, affinity) }
             threads.append(t)
             threadIDs.append(t)
         }
@@ -169,8 +172,10 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
     /// Removes the registration ([POLL-4]): once this returns, its handler is
     /// not running and never runs again, whether called from that handler,
     /// from another poller callback or from any other thread. The caller
-    /// closes the descriptor afterwards.
-    func deregister(_ reg: PollRegistration) {
+    /// closes the descriptor afterwards. `descriptorClosed`: the owner already
+    /// closed the descriptor (the kernel dropped it from the epoll set, and its
+    /// number may now name another registration's socket): no epoll_ctl.
+    func deregister(_ reg: PollRegistration, descriptorClosed: Bool = false) {
         let own = reg.isCurrentThreadHandling
         if !own { reg.lock.lock() }
         let wasDead = reg.dead
@@ -178,8 +183,20 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
         reg.handler = nil
         if !own { reg.lock.unlock() }
         if wasDead { return }
-        Epoll.remove(epfd, reg.fd)
+        if !descriptorClosed { Epoll.remove(epfd, reg.fd) }
         retire(reg)
+    }
+
+    /// Pins the poller's threads (running now, and any started later) to
+    /// `cpu` (the watcher facade's `setPollerAffinity`); `.invalidArgument`
+    /// when the system refuses that CPU.
+    func setAffinity(_ cpu: Int) throws(AioError) {
+        lock.lock()
+        defer { lock.unlock() }
+        for t in threads {
+            if let e = CPUAffinity.pin(t, cpu) { throw e }
+        }
+        affinity = cpu
     }
 
     private func retire(_ reg: PollRegistration) {

@@ -28,4 +28,6 @@ int caio_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC (a GNU call).
 int caio_accept(int fd);
 
+#include "CAioShimsAffinity.h" // CPU affinity (the watcher facade)
+
 #endif

@@ -66,10 +66,13 @@ public final class SocketStream: AioStream, PollHandler, @unchecked Sendable {  
     /// The cancel routine of this stream's operations (weak: no cycle).
     private var cancelRoutine: AioHandle.CancelRoutine!
 
-    // providerWord: bits 0-1 the queue (1 receive, 2 send), bit 2 "all of it", bits 32... the operation number.
+    // providerWord: bits 0-1 the queue (1 receive, 2 send), bit 2 "all of it", bit 3 "complete with
+    // finishSync", bit 4 "into a swap buffer", bits 32... the operation number.
     private static let inReceives = 1
     private static let inSends = 2
     private static let full = 4
+    private static let inline = 8
+    private static let swap = 16
 
     /// Takes ownership of a connected stream socket made elsewhere (a plain
     /// `socket()`/`connect()`, or one inherited): it is made non-blocking and
@@ -198,7 +201,7 @@ public final class SocketStream: AioStream, PollHandler, @unchecked Sendable {  
         start(aio, queue: Self.inReceives, all: true)
     }
 
-    private func start(_ aio: AioHandle, queue: Int, all: Bool) {
+    private func start(_ aio: AioHandle, queue: Int, all: Bool, options: Int = 0) {
         // begin under the stream lock: a cancel routine (which takes this lock)
         // can then never run between the start and the queueing, and be lost.
         lock.lock()
@@ -214,7 +217,7 @@ public final class SocketStream: AioStream, PollHandler, @unchecked Sendable {  
             return
         }
         let isReceive = queue == Self.inReceives
-        aio.providerWord = Int(aio.operationNumber) << 32 | queue | (all ? Self.full : 0)
+        aio.providerWord = Int(aio.operationNumber) << 32 | queue | (all ? Self.full : 0) | options
         if isReceive ? receives.isEmpty : sends.isEmpty {
             // Nothing ahead of it: try at once (edge-triggered: a miss here is
             // followed by an event once the socket is ready).
@@ -231,6 +234,7 @@ public final class SocketStream: AioStream, PollHandler, @unchecked Sendable {  
     /// One or more system calls for `aio` (lock held). Returns true when the
     /// operation finished (and was finished), false when it must wait.
     private func transfer(_ aio: AioHandle, isReceive: Bool) -> Bool {
+        if aio.providerWord & Self.swap != 0 { return swapTransfer(aio) }
         let all = aio.providerWord & Self.full != 0
         while true {
             let done = aio.providerCount
@@ -264,8 +268,54 @@ public final class SocketStream: AioStream, PollHandler, @unchecked Sendable {  
     }
 
     @inline(__always) private func complete(_ aio: AioHandle, _ error: AioError?) {
+        let inline = aio.providerWord & Self.inline != 0
         aio.providerWord = 0
-        aio.finish(error, count: aio.providerCount)
+        if inline {
+            aio.finishSync(error, count: aio.providerCount)
+        } else {
+            aio.finish(error, count: aio.providerCount)
+        }
+    }
+
+    // MARK: - For the watcher facade
+
+    /// Starts a receive (`all`: as `receiveExactly`) or a send (`all`: as
+    /// `sendAll`) for the watcher facade ([WAT-1]): its completion runs the
+    /// handle's callback on the finishing thread (`finishSync`, with this
+    /// stream's lock held: the watcher's callbacks only queue a result and
+    /// never call back into the stream). `swap`: a receive with no iov of its
+    /// own, into a buffer that `aio.input(0)` (a `SwapBufferSource`) lends for
+    /// the one system call, kept (output 0) only when bytes arrived ([WAT-4]).
+    func startForWatcher(_ aio: AioHandle, receive: Bool, all: Bool, swap: Bool) {
+        start(
+            aio, queue: receive ? Self.inReceives : Self.inSends, all: all,
+            options: Self.inline | (swap ? Self.swap : 0))
+    }
+
+    /// One receive into a lent swap buffer (lock held); as `transfer`.
+    private func swapTransfer(_ aio: AioHandle) -> Bool {
+        guard let source = aio.input(0) as? any SwapBufferSource else {
+            complete(aio, .invalidArgument)
+            return true
+        }
+        let buffer = source.takeSwapBuffer()
+        var vec = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        switch Sys.readv(fd, &vec, 1) {
+        case .done(let n) where n > 0:
+            aio.setOutput(0, AioIOV(buffer))
+            aio.providerCount = n
+            complete(aio, nil)
+        case .done:
+            source.returnSwapBuffer(buffer)
+            complete(aio, .connectionShutdown)
+        case .wouldBlock:
+            source.returnSwapBuffer(buffer)
+            return false
+        case .failed(let e):
+            source.returnSwapBuffer(buffer)
+            complete(aio, Self.streamError(e))
+        }
+        return true
     }
 
     static func streamError(_ e: Int32) -> AioError {
@@ -378,4 +428,11 @@ extension HandleQueue {
         if let f = head { f._withUnsafeGuaranteedRef { $0.providerPrev = u } } else { tail = u }
         head = u
     }
+}
+
+/// Lends buffers to swap receives (`SocketStream.startForWatcher`): one is
+/// taken for each attempt and given back at once unless bytes landed in it.
+protocol SwapBufferSource: AnyObject, Sendable {
+    func takeSwapBuffer() -> UnsafeMutableRawBufferPointer
+    func returnSwapBuffer(_ buffer: UnsafeMutableRawBufferPointer)
 }
