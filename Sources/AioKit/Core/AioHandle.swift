@@ -155,13 +155,13 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
 
     /// Input `index`, or nil (also for an index out of range) ([AIO-9]).
     public func input(_ index: Int) -> (any Sendable)? {
-        guard index >= 0 && index < Self.slotCount, let slots else { return nil }
+        guard index >= 0 && index < Self.slotCount, let slots = lockedSlots() else { return nil }
         return slots.inputs[index]
     }
 
     /// Output `index` of the last operation, or nil (also for an index out of range) ([AIO-9]).
     public func output(_ index: Int) -> (any Sendable)? {
-        guard index >= 0 && index < Self.slotCount, let slots else { return nil }
+        guard index >= 0 && index < Self.slotCount, let slots = lockedSlots() else { return nil }
         return slots.outputs[index]
     }
 
@@ -282,8 +282,9 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             "AioKit: reset() called on a handle whose operation is still in flight (one operation at a time)")
         result = nil
         transferred = 0
+        let s = slots
         stripe.unlock()
-        slots?.clearOutputs()
+        s?.clearOutputs()
     }
 
     /// Begins an operation. Returns false, and completes the handle at once
@@ -304,7 +305,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         onCancel: (@Sendable (AioHandle, AioError) -> Void)?, cancelRoutine: CancelRoutine? = nil,
         defaultTimeout: Int64, sleepDeadline: UInt64, reset: Bool
     ) -> Bool {
-        if reset { slots?.clearOutputs() }
+        if reset { lockedSlots()?.clearOutputs() }
         _ = Unmanaged.passRetained(self)  // the in-flight reference ([AIO-27])
         var now: UInt64 = 0
         var deadline: UInt64 = 0
@@ -567,7 +568,19 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     /// The number of the operation in flight (its provider may read it after `begin`).
     var operationNumber: UInt32 { seq }
 
+    /// The slots, read under the stripe lock: a provider writes them before
+    /// `finish` (which takes the lock), so a reader that takes it too sees
+    /// them, however the completion reached it (a callback, `wait()`, an
+    /// awaited continuation) ([AIO-5]).
+    @inline(__always) func lockedSlots() -> Slots? {
+        stripe.lock()
+        defer { stripe.unlock() }
+        return slots
+    }
+
     @inline(__always) func slotStorage() -> Slots {
+        stripe.lock()
+        defer { stripe.unlock() }
         if let slots { return slots }
         let s = Slots()
         slots = s
