@@ -65,7 +65,7 @@ private final class StopFlag: Sendable {
 /// A listener on 127.0.0.1 (ephemeral port) and a dialer to it, with two
 /// handles without callbacks (waited on) to dial and accept. AioKit turns
 /// TCP_NODELAY on for every TCP stream (the NNG peer sets it on both).
-private final class TCPPair {
+final class TCPPair {
     let listener: StreamListener
     let dialer: StreamDialer
     let dialAio = AioHandle(runtime: .shared, callback: nil)

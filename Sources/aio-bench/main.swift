@@ -10,8 +10,11 @@ import AioKit
 import Glibc
 
 /// The `--via` names each workload can run through: the facades (Facades.swift)
-/// for the TCP data workloads. Any other via exits 3.
-let supportedVias: [Workload: Set<String>] = [.tcpPingpong: facadeVias, .tcpStream: facadeVias]
+/// for the TCP data workloads, and async/await (Async.swift) for tcp-pingpong.
+/// Any other via exits 3.
+let supportedVias: [Workload: Set<String>] = [
+    .tcpPingpong: facadeVias.union(asyncVias), .tcpStream: facadeVias,
+]
 
 let args = BenchArgs.parse(CommandLine.arguments, vias: supportedVias)
 signal(SIGPIPE, SIG_IGN)
@@ -25,7 +28,12 @@ case .sleep0: report = runChains(args, sleepZero: true)
 case .timers: report = runTimers(args)
 case .cancel: report = runCancel(args)
 case .handleMemory: report = runHandleMemory(args)
-case .tcpPingpong: report = args.via.map { facadeVias.contains($0) } == true ? runFacadePingPong(args) : runTCPPingPong(args)
+case .tcpPingpong:
+    if args.via == "async" {
+        report = runAsyncPingPong(args)
+    } else {
+        report = args.via.map { facadeVias.contains($0) } == true ? runFacadePingPong(args) : runTCPPingPong(args)
+    }
 case .tcpStream: report = args.via.map { facadeVias.contains($0) } == true ? runFacadeStream(args) : runTCPStream(args)
 case .tcpConnect: report = runTCPConnect(args)
 case .fileRead: report = runFileRead(args)
