@@ -21,6 +21,10 @@ public final class AioRuntime: Sendable {
         /// Prefix of the runtime's thread names ("aio": aio-task, aio-timer,
         /// aio-reaper), as `top -H` and debuggers show them (15 bytes kept).
         public var name: String
+        /// The backend of asynchronous files ([FILE-10]): `.automatic` (io_uring
+        /// where the system allows it, else blocking threads; the environment
+        /// variable AIOKIT_FILE_BACKEND=uring|threads decides when set), or forced.
+        public var fileBackend: FileBackend = .automatic
 
         public init() {
             let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
@@ -56,6 +60,7 @@ public final class AioRuntime: Sendable {
     let reaper: Reaper
     let poller: Poller
     let resolver: Resolver
+    let files: FileService
     private let stripes: [Stripe]
     private let stripeCounter = Atomic<Int>(0)
     static let stripeCount = 256
@@ -77,8 +82,10 @@ public final class AioRuntime: Sendable {
         reaper = Reaper()
         poller = try Poller(threads: configuration.pollerThreads, name: configuration.name + "-poll")
         resolver = Resolver(name: configuration.name + "-resolve")
+        files = FileService(backend: configuration.fileBackend, name: configuration.name)
         core = RuntimeCore(
-            stripes: stripes, pool: pool, timers: timers, reaper: reaper, poller: poller, resolver: resolver)
+            stripes: stripes, pool: pool, timers: timers, reaper: reaper, poller: poller, resolver: resolver,
+            files: files)
         let started =
             timers.start(name: configuration.name + "-timer") && reaper.start(name: configuration.name + "-reaper")
             && pool.start()
@@ -121,11 +128,16 @@ final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
     let reaper: Reaper
     let poller: Poller
     let resolver: Resolver
+    let files: FileService
     private let lock = ConditionLock()
     private var state = State.running
 
-    init(stripes: [Stripe], pool: TaskPool, timers: TimerQueue, reaper: Reaper, poller: Poller, resolver: Resolver) {
+    init(
+        stripes: [Stripe], pool: TaskPool, timers: TimerQueue, reaper: Reaper, poller: Poller, resolver: Resolver,
+        files: FileService
+    ) {
         self.stripes = stripes
+        self.files = files
         self.poller = poller
         self.resolver = resolver
         self.pool = pool
@@ -210,6 +222,7 @@ final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
         resolver.stop()
         reaper.stop()
         timers.stop()
+        files.stop()  // its threads joined, its rings' eventfds deregistered ([FILE-10])
         poller.stop()
         pool.terminate()
         lock.withLock {

@@ -28,6 +28,7 @@ int caio_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC (a GNU call).
 int caio_accept(int fd);
 
+#include "CAioShimsURing.h" // io_uring (a header of its own; the umbrella must include it)
 #include "CAioShimsAffinity.h" // CPU affinity (the watcher facade)
 
 #endif
