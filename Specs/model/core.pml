@@ -10,7 +10,10 @@
  *   NW        worker slots            MINT   taskThreads    MAXT  maxTaskThreads
  *   MAXP      processes (pids 0..MAXP-1)
  *   WID(p)    worker index of pid p, or NONE (TaskPool.currentWorker())
- *   HASCB(h)  1 if handle h has a callback (else it is used with wait())
+ *   USES_SLEEP / USES_PROV  which cancel routines the scenario's operations
+ *             register (code for the others is left out)
+ * Every handle has a callback (wait() works on those too); a handle made
+ * without one (completed on the finishing thread) is not modelled.
  * and after it the user callbacks USER_CB_0/1/2(h, op) (depth of nesting:
  * 0 run by a worker or finishSync, 1 run by a worker helping in a wait()
  * inside a depth-0 callback, 2 helping inside a depth-1 wait).
@@ -18,25 +21,30 @@
  * Seeded bugs (each must make some run fail; see README.md):
  *   BUG_NO_SEQ_CHECK     timerExpired() does not compare seq        [TMR-4]
  *   BUG_NO_CLAIM         provider cancel finishes without its claim [AIO-2] [AIO-28]
+ *   PROVIDER_CLAIM_AFTER_BEGIN  the provider claims its operation after
+ *                        begin() returned, outside its lock (SocketStream
+ *                        and StreamListener before 89c45f2)      [AIO-13] [AIO-17]
  *   BUG_NO_CB_GUARD      wait() without the callbackThread check    [DL-1] [DL-2]
+ *   BUG_NO_DEFER         a completion is queued even while the handle's
+ *                        callback runs (the code before 15f3b06)    [AIO-31] [DL-1]
+ *   BUG_NO_PENDING_CHECK begin() does not trap while a completion is
+ *                        queued (the code before 15f3b06)           [AIO-1] [AIO-2]
  *   BUG_NO_LIFO_FLUSH    workerWillBlock() keeps the LIFO slot      [DL-3] [POOL-4]
  *   BUG_NO_HELP          at the ceiling the waiter does not help    [DL-3] [POOL-5]
  *   BUG_NO_WAITERS       wait() does not set the waiters flag       [AIO-7]
+ *   BUG_WAIT_IF          wait() tests busy once instead of looping  [AIO-7]
  *   BUG_EARLY_RELEASE    run() drops the in-flight ref before the callback [AIO-27]
+ *   BUG_TIMER_NO_RETAIN  the timer does not retain a due handle     [AIO-27]
  *   BUG_TIMER_HOLDS_LOCK timer thread expires under the timer lock  [DL lock order]
  *   BUG_STOP_NO_WAIT     stop() is close() without the wait         [AIO-17]
  *   BUG_NO_STOP_FLAG     close() does not set `stopped`             [AIO-17]
+ *   BUG_NO_SIGNAL        enqueue() does not signal a parked worker  [AIO-2]
  *   BUG_SHUTDOWN_NO_CANCEL shutdown does not take the cancel routines [RT-2]
- *   BUG_TIMER_NO_RETAIN  the timer does not retain a due handle     [AIO-27]
- * Known bugs of the current Swift code, and the fixes the model verifies:
- *   FIX_QUEUE     the pool queue holds one entry per completion instead of
- *                 linking the handle through liveNext (KB-1)
- *   FIX_CB_OWNER  "inside my own callback" is per thread (a thread-local
- *                 stack) instead of one callbackThread word per handle (KB-2)
- *   PROVIDER_CLAIM_AFTER_BEGIN  the provider claims the operation after
- *                 begin() returns, as SocketStream.start and
- *                 StreamListener.accept do (KB-3); default: begin() under
- *                 the provider lock, the protocol the core needs
+ * A known bug of the current Swift code, and the fix the model verifies:
+ *   FIX_TRANSIT   completions between markFinished (or a refused begin)
+ *                 and their hand-off to the pool (or the end of a finishSync
+ *                 callback) are counted, and shutdown's quiet test waits for
+ *                 none (KB-4, README.md)
  */
 
 #define NIL  255   /* no handle */
@@ -79,7 +87,17 @@
 /* Clause tags: hidden constants so that a violated assertion names its clause. */
 hidden byte AIO_1 = 1;  hidden byte AIO_2 = 1;  hidden byte AIO_7 = 1;  hidden byte AIO_17 = 1;
 hidden byte AIO_27 = 1; hidden byte AIO_28 = 1; hidden byte DL_1 = 1;  hidden byte TMR_4 = 1;
-hidden byte RT_2 = 1;   hidden byte MODEL_BOUND = 1;
+hidden byte RT_2 = 1;   hidden byte AIO_31 = 1; hidden byte MODEL_BOUND = 1; hidden byte REACHED = 1;
+
+/* Coverage probes: with -DCOVER=n, reaching probe n (with its condition)
+   is reported as an assertion "REACHED"; the check script runs each probe
+   and expects it to be reached, so that no property holds vacuously
+   because its scenario never happens. Without COVER a probe is a no-op. */
+#ifdef COVER
+#define REACH(n, c) assert(REACHED && !(COVER == n && (c)))
+#else
+#define REACH(n, c) skip
+#endif
 
 /* ---------------------------------------------------------------- Stripe */
 byte s_owner[NS];               /* pthread mutex: 0 free, else owner pid+1 */
@@ -94,6 +112,9 @@ bit  h_stopped[NH];
 bit  h_timerArmed[NH];
 bit  h_waiters[NH];
 bit  h_succeedAtExpiry[NH];
+bit  h_cbRunning[NH];           /* callbackRunning: a callback of h is running */
+bit  h_pending[NH];             /* completionPending: finished, its callback not begun */
+bit  h_deferred[NH];            /* deferred: that completion waits for the running callback */
 byte h_busy[NH];
 byte h_seq[NH];
 byte h_cancel[NH];              /* cancelFn / cancelSeqFn: CK_* */
@@ -114,12 +135,8 @@ bit  h_freed[NH];               /* deinit ran */
 byte p_owner;                   /* TaskPool.lock */
 bit  p_waiting[NW];             /* worker w parked on the pool condition */
 bit  p_termWaiting;             /* terminate() parked on the pool condition */
-#ifdef FIX_QUEUE
-chan p_q = [QCAP] of { byte, byte };   /* one entry (handle, op) per completion */
-#else
 byte p_head = NIL;              /* intrusive FIFO through h_liveNext */
 byte p_tail = NIL;
-#endif
 chan g_q[NH] = [QCAP] of { byte };     /* ghost: per handle, the ops whose completion is queued */
 byte p_threads = MINT;
 byte p_idle;
@@ -131,6 +148,11 @@ byte w_lifoH[NW] = NIL;         /* WorkerContext.lifo (handle) */
 byte w_lifoOp[NW];              /* ghost: which of its operations */
 byte w_blocking[NW];            /* WorkerContext.blocking */
 bit  w_spawned[NW];             /* Thread.spawn done for worker w (w 0: at start) */
+byte p_transit;                 /* FIX_TRANSIT: completions between markFinished and the pool */
+byte g_defOp[NH];               /* ghost: the op whose completion is deferred */
+
+/* ------------------------------------------------------------- Reaper */
+chan r_q = [2] of { byte };     /* Reaper.items: handles to stop and release */
 
 /* --------------------------------------------------------- TimerQueue */
 byte t_owner;                   /* TimerQueue.lock */
@@ -146,32 +168,21 @@ bit  g_accepted[NH * NOPS];     /* begin() returned true */
 bit  g_timerFired[NH * NOPS];   /* the timer thread took this op's wheel entry */
 byte g_res[NH * NOPS];          /* the result it finished with */
 bit  g_stopDone[NH];            /* a stop() from outside the handle's callbacks returned */
-byte g_onStack[MAXP * NH];      /* h's callbacks running on pid p's stack (also FIX_CB_OWNER's state) */
+byte g_onStack[MAXP * NH];      /* h's callbacks running on pid p's stack */
+byte g_cbOwner[NH];             /* pid+1 of the thread running h's callbacks ([AIO-31]) */
 bit  g_shutdownDone;            /* RuntimeCore.shutdown() returned */
+bit  g_driverDone;              /* the scenario's driver (consumer) ran to its end */
 
 /* ============================================================== locks */
 
 /* pthread_mutex_lock: blocks while another thread holds it; relocking one's
    own (non-recursive) mutex is reported instead of blocking forever. */
-inline mutex_lock(o) {
-    atomic { (o == 0 || o == _pid + 1) -> assert(o == 0); o = _pid + 1 }
-}
-inline mutex_unlock(o) {
-    d_step { assert(o == _pid + 1); o = 0 }
-}
+#define mutex_lock(o) atomic { (o == 0 || o == _pid + 1) -> assert(o == 0); o = _pid + 1 }
+#define mutex_unlock(o) atomic { assert(o == _pid + 1); o = 0 }
 
 /* The stripe lock of h, taken through h: h must not have been freed ([AIO-27]). */
-inline stripe_lock(h) {
-    atomic {
-        (s_owner[STRIPE(h)] == 0 || s_owner[STRIPE(h)] == _pid + 1 || h_freed[h]) ->
-        assert(AIO_27 && !h_freed[h]);
-        assert(s_owner[STRIPE(h)] == 0);
-        s_owner[STRIPE(h)] = _pid + 1
-    }
-}
-inline stripe_unlock(h) {
-    d_step { assert(s_owner[STRIPE(h)] == _pid + 1); s_owner[STRIPE(h)] = 0 }
-}
+#define stripe_lock(h) atomic { (s_owner[STRIPE(h)] == 0 || s_owner[STRIPE(h)] == _pid + 1 || h_freed[h]) -> assert(AIO_27 && !h_freed[h]); assert(s_owner[STRIPE(h)] == 0); s_owner[STRIPE(h)] = _pid + 1 }
+#define stripe_unlock(h) atomic { assert(s_owner[STRIPE(h)] == _pid + 1); s_owner[STRIPE(h)] = 0 }
 
 /* Stripe.wait(): pthread_cond_wait (no spurious wake-ups modelled). */
 inline stripe_wait(h) {
@@ -180,13 +191,23 @@ inline stripe_wait(h) {
 }
 
 /* Stripe.wait(untilNanos:) with a 1 ms limit: woken by a broadcast, or by the
-   time limit. The time limit is modelled as firing only when the caller's
-   re-poll would see a change (`poll`): a poll that finds nothing is a
-   stutter step, so this keeps every behaviour of the polling loop while
-   letting a real hang show as one. */
+   time limit. In safety runs the time limit is modelled as firing only when
+   the caller's re-poll would see a change (`poll`): a poll that finds
+   nothing is a stutter step, so this keeps every behaviour of the polling
+   loop while a hang shows as an invalid end state. In liveness runs it also
+   fires when no other thread can move (Promela's `timeout`): a hang is then
+   a cycle of empty polls that never completes the operation (an acceptance
+   cycle of ltl `progress`), while a poller can never starve a thread that
+   waits for the lock it keeps retaking (pthread mutexes are not fair, but
+   a 1 ms sleep lets the other thread in). */
+#ifdef LIVENESS
+#define TIMED_OUT(poll) ((poll) || timeout)
+#else
+#define TIMED_OUT(poll) (poll)
+#endif
 inline stripe_timed_wait(h, poll) {
     d_step { assert(s_owner[STRIPE(h)] == _pid + 1); s_waitOn[_pid] = STRIPE(h) + 1; s_owner[STRIPE(h)] = 0 };
-    atomic { (s_waitOn[_pid] == 0 || (poll)) && s_owner[STRIPE(h)] == 0 ->
+    atomic { (s_waitOn[_pid] == 0 || TIMED_OUT(poll)) && s_owner[STRIPE(h)] == 0 ->
              s_waitOn[_pid] = 0; s_owner[STRIPE(h)] = _pid + 1 }
 }
 
@@ -205,17 +226,9 @@ byte s_bi;   /* loop index of stripe_broadcast (always 0 between steps) */
 
 /* ======================================================== ARC ([AIO-27]) */
 
-inline retain(h) {
-    d_step { assert(AIO_27 && !h_freed[h]); h_rc[h]++ }
-}
+#define retain(h) atomic { assert(AIO_27 && !h_freed[h]); h_rc[h]++ }
 /* Unmanaged.release(): deinit when the last reference goes. */
-inline release(h) {
-    d_step {
-        assert(AIO_27 && !h_freed[h] && h_rc[h] > 0);
-        h_rc[h]--;
-        if :: h_rc[h] == 0 && h_userDropped[h] -> h_freed[h] = 1 :: else fi
-    }
-}
+#define release(h) atomic { assert(AIO_27 && !h_freed[h] && h_rc[h] > 0); h_rc[h]--; if :: h_rc[h] == 0 && h_userDropped[h] -> h_freed[h] = 1 :: else fi }
 /* The consumer drops its own reference (it touches h no more). */
 inline user_drop(h) {
     d_step {
@@ -299,6 +312,7 @@ inline start_drainer() {
 #if DRAINER_W == NONE
     assert(MODEL_BOUND && 0)
 #else
+    REACH(4, 1);
     p_drainer = 1;
     p_threads++;
     w_spawned[DRAINER_W] = 1
@@ -308,22 +322,17 @@ inline start_drainer() {
 /* TaskPool.enqueue: takes over the completion's in-flight reference.
    The write of h.liveNext happens before, and outside, the pool lock. */
 inline pool_enqueue(h, op) {
-#ifndef FIX_QUEUE
     d_step { assert(AIO_27 && !h_freed[h]); h_liveNext[h] = NIL };   /* $0.liveNext = nil */
-#endif
     atomic {
         mutex_lock(p_owner);
-#ifdef FIX_QUEUE
-        assert(MODEL_BOUND && nfull(p_q));
-        p_q!h,op;
-#else
         if :: p_tail != NIL -> h_liveNext[p_tail] = h :: else -> p_head = h fi;
         p_tail = h;
-#endif
         assert(MODEL_BOUND && nfull(g_q[h]));
         g_q[h]!op;                                /* ghost */
         if
+#ifndef BUG_NO_SIGNAL
         :: p_idle > 0 -> pool_signal()
+#endif
         :: else ->
             if
             :: p_terminated && !p_drainer && p_threads == 0 -> start_drainer()
@@ -334,20 +343,10 @@ inline pool_enqueue(h, op) {
     }
 }
 
-#ifdef FIX_QUEUE
-#define POOL_EMPTY (len(p_q) == 0)
-#else
 #define POOL_EMPTY (p_head == NIL)
-#endif
 
 /* TaskPool.dequeue (lock held): the handle (NIL if none) and, as ghost, the op. */
 inline pool_dequeue(h, op) {
-#ifdef FIX_QUEUE
-    if
-    :: nempty(p_q) -> p_q?h,op; g_q[h]?_
-    :: empty(p_q) -> h = NIL; op = 0
-    fi
-#else
     if
     :: p_head == NIL -> h = NIL; op = 0
     :: else ->
@@ -358,7 +357,6 @@ inline pool_dequeue(h, op) {
         assert(AIO_2 && nempty(g_q[h]));
         g_q[h]?op
     fi
-#endif
 }
 
 /* TaskPool.dispatch: on a worker not blocked in wait(), to its LIFO slot
@@ -375,35 +373,52 @@ inline pool_dispatch(h, op) {
         d_w = 0
     };
     if :: d_ph != NIL -> pool_enqueue(d_ph, d_pop) :: else fi;
+#ifdef FIX_TRANSIT
+    d_step { p_transit--; d_ph = 0; d_pop = 0 }
+#else
     d_step { d_ph = 0; d_pop = 0 }
+#endif
 }
 
 /* ============================================================ AioHandle */
 
-/* completeCallback(): one operation fewer; wakes the waiters at zero. */
-inline complete_callback(h, op) {
-    atomic {
-        stripe_lock(h);
-        assert(AIO_2 && h_busy[h] > 0);           /* busy is a UInt32: underflow traps */
-        h_busy[h]--;
-        assert(AIO_2 && (g_op[OPI(h, op)] == OP_CB || (g_op[OPI(h, op)] == OP_FINISHED && !HASCB(h))));
-        g_op[OPI(h, op)] = OP_DONE;
-        if
-        :: h_busy[h] == 0 && h_waiters[h] ->
-            h_waiters[h] = 0;
-            stripe_broadcast(h)
-        :: else
-        fi;
-        stripe_unlock(h)
-    }
+#define ACT_ENQUEUE  1
+#define ACT_DEFERRED 2
+
+/* completionLocked() (stripe lock held): how the finished (or refused)
+   operation's callback runs: through the pool, or, while a callback of this
+   handle runs, after it on its thread ([AIO-31]). Every modelled handle has
+   a callback (the `callback == nil` branch, and perform's continuation, are
+   not modelled). */
+inline completion_locked(h, op, act) {
+    h_pending[h] = 1;
+#ifdef FIX_TRANSIT
+    p_transit++;
+#endif
+    if
+#ifndef BUG_NO_DEFER
+    :: h_cbRunning[h] -> h_deferred[h] = 1; g_defOp[h] = op; act = ACT_DEFERRED; REACH(6, 1)
+#endif
+    :: else -> act = ACT_ENQUEUE
+    fi
 }
 
-/* dispatchCompletion(): to the pool with the in-flight reference; a handle
-   without a callback completes here and drops it. */
-inline dispatch_completion(h, op) {
+/* carryOut(action) (no lock held): .enqueue goes to the pool with the
+   in-flight reference; .deferred stays with the running callback. */
+inline carry_out(h, op, act) {
     if
-    :: HASCB(h) -> pool_dispatch(h, op)
-    :: else -> complete_callback(h, op); release(h)
+    :: act == ACT_ENQUEUE -> pool_dispatch(h, op)
+    :: else
+    fi
+}
+
+/* wakeWaitersIfIdle() (stripe lock held) */
+inline wake_waiters_if_idle(h) {
+    if
+    :: h_busy[h] == 0 && h_waiters[h] ->
+        h_waiters[h] = 0;
+        stripe_broadcast(h)
+    :: else
     fi
 }
 
@@ -426,15 +441,17 @@ inline mark_finished(h, err, op) {
     assert(TMR_4 && (err != E_TIMEDOUT || g_timerFired[OPI(h, op)]))
 }
 
-/* finish(_:count:): the callback runs on the pool ([AIO-3]). */
+/* finish(_:count:): the callback runs on the pool ([AIO-3]), or after the
+   running one ([AIO-31]). */
 inline aio_finish(h, err) {
     atomic {
         stripe_lock(h);
         mark_finished(h, err, f_op);
+        completion_locked(h, f_op, f_act);
         stripe_unlock(h)
     };
-    dispatch_completion(h, f_op);
-    f_op = 0
+    carry_out(h, f_op, f_act);
+    d_step { f_op = 0; f_act = 0 }
 }
 
 /* begin(onCancel:cancelRoutine:...) (and so start() and sleep()).
@@ -444,7 +461,11 @@ inline aio_begin(h, kind, armed, sleep, ok, op) {
     atomic {
         retain(h);                             /* Unmanaged.passRetained(self): the in-flight reference */
         stripe_lock(h);
-        assert(AIO_1 && !h_inFlight[h]);      /* precondition: one operation at a time */
+        /* preconditions: one operation at a time ([AIO-1]) */
+        assert(AIO_1 && !h_inFlight[h]);
+#ifndef BUG_NO_PENDING_CHECK
+        assert(AIO_1 && !h_pending[h]);
+#endif
         h_busy[h]++;
         h_seq[h]++;
         op = h_seq[h];
@@ -454,7 +475,7 @@ inline aio_begin(h, kind, armed, sleep, ok, op) {
         :: h_stopped[h] || s_closed[STRIPE(h)] -> b_fail = E_STOPPED
         :: else ->
             if
-            :: h_pendingAbort[h] != E_OK -> b_fail = h_pendingAbort[h]; h_pendingAbort[h] = E_OK
+            :: h_pendingAbort[h] != E_OK -> b_fail = h_pendingAbort[h]; h_pendingAbort[h] = E_OK; REACH(9, 1)
             :: else -> b_fail = E_OK
             fi
         fi;
@@ -462,7 +483,8 @@ inline aio_begin(h, kind, armed, sleep, ok, op) {
         :: b_fail != E_OK ->
             h_result[h] = b_fail;
             g_op[OPI(h, op)] = OP_FINISHED;
-            g_res[OPI(h, op)] = b_fail
+            g_res[OPI(h, op)] = b_fail;
+            completion_locked(h, op, b_act)
         :: else ->
             /* [AIO-17]: every start after stop() returned is refused */
             assert(AIO_17 && !g_stopDone[h]);
@@ -481,10 +503,10 @@ inline aio_begin(h, kind, armed, sleep, ok, op) {
         stripe_unlock(h)
     };
     if
-    :: b_fail != E_OK -> dispatch_completion(h, op); ok = 0
+    :: b_fail != E_OK -> carry_out(h, op, b_act); ok = 0
     :: else -> ok = 1
     fi;
-    b_fail = 0
+    d_step { b_fail = 0; b_act = 0 }
 }
 
 /* The model provider (a stream's receive, say): its lock, and providerWord
@@ -501,7 +523,7 @@ inline provider_cancel(h, err, sq) {
 #else
         if
         :: v_claim[h] != 0 && v_claim[h] == sq -> v_claim[h] = 0; pv_hit = 1
-        :: else -> pv_hit = 0    /* finished already (or a later operation): nothing to do */
+        :: else -> pv_hit = 0; REACH(3, 1)  /* finished already (or a later operation): nothing to do */
         fi
 #endif
     };
@@ -509,11 +531,11 @@ inline provider_cancel(h, err, sq) {
     d_step { mutex_unlock(v_owner); pv_hit = 0 }
 }
 
-/* The provider starts an operation on h (SocketStream.start). By default it
-   calls begin() under its own lock, so its cancel routine (which takes that
-   lock) finds the claim set. With PROVIDER_CLAIM_AFTER_BEGIN it does what
-   SocketStream.start and StreamListener.accept do: begin(), then lock and
-   set providerWord. */
+/* The provider starts an operation on h (SocketStream.start,
+   StreamListener.accept): begin() under its own lock, so that its cancel
+   routine (which takes that lock) finds the claim set. With
+   PROVIDER_CLAIM_AFTER_BEGIN (a seeded bug: what both did before commit
+   89c45f2) it calls begin(), then locks and sets providerWord. */
 inline provider_start(h, armed) {
 #ifdef PROVIDER_CLAIM_AFTER_BEGIN
     aio_begin(h, CK_PROV, armed, 0, ps_ok, ps_op);
@@ -545,13 +567,15 @@ inline provider_complete(h) {
 }
 
 /* Calls the cancel routine `k` taken for op `sq` (outside every lock, [DL-7]). */
-inline call_cancel(h, k, err, sq) {
-    if
-    :: k == CK_SLEEP -> aio_finish(h, err)          /* finishWithError */
-    :: k == CK_PROV -> provider_cancel(h, err, sq)
-    :: else
-    fi
-}
+#if defined(USES_SLEEP) && defined(USES_PROV)
+#define call_cancel(h, k, err, sq) if :: k == CK_SLEEP -> aio_finish(h, err) :: k == CK_PROV -> provider_cancel(h, err, sq) :: else fi
+#elif defined(USES_SLEEP)
+#define call_cancel(h, k, err, sq) if :: k == CK_SLEEP -> aio_finish(h, err) :: else fi
+#elif defined(USES_PROV)
+#define call_cancel(h, k, err, sq) if :: k == CK_PROV -> provider_cancel(h, err, sq) :: else fi
+#else
+#define call_cancel(h, k, err, sq) skip
+#endif
 
 /* abort(_:) ([AIO-13], [AIO-14], [AIO-15]) */
 inline aio_abort(h, err) {
@@ -600,25 +624,29 @@ inline timer_expired(h, armedSeq) {
                 /* a sleep reached its end ([AIO-25]): its own timer, [TMR-4] */
                 assert(TMR_4 && g_timerFired[OPI(h, h_seq[h])]);
                 mark_finished(h, E_OK, te_op);
+                completion_locked(h, te_op, te_act);
                 te_k = CK_NONE
             :: else ->
+                REACH(7, h_cancel[h] == CK_PROV);
                 te_k = h_cancel[h]; h_cancel[h] = CK_NONE; te_op = 0
             fi
-        :: else -> te_k = CK_NONE; te_op = 0   /* finished, or already being canceled: the finisher wins */
+        :: else ->   /* finished, or already being canceled: the finisher wins */
+            REACH(5, h_inFlight[h] && h_seq[h] != armedSeq);
+            te_k = CK_NONE; te_op = 0
         fi;
         stripe_unlock(h)
     };
     if
-    :: te_op != 0 -> dispatch_completion(h, te_op)
+    :: te_op != 0 -> carry_out(h, te_op, te_act)
     :: else -> call_cancel(h, te_k, E_TIMEDOUT, armedSeq)
     fi;
-    d_step { te_k = 0; te_op = 0 }
+    d_step { te_k = 0; te_op = 0; te_act = 0 }
 }
 
 /* TaskPool.workerWillBlock ([POOL-4]): the LIFO slot goes to the queue, a
    spare worker starts if the ceiling allows; atCeiling otherwise. */
 inline worker_will_block(w, atCeiling) {
-    d_step { wb_h = w_lifoH[w]; wb_op = w_lifoOp[w] };
+    d_step { wb_h = w_lifoH[w]; wb_op = w_lifoOp[w]; REACH(8, wb_h != NIL) };
 #ifndef BUG_NO_LIFO_FLUSH
     if
     :: wb_h != NIL -> w_lifoH[w] = NIL; w_lifoOp[w] = 0; pool_enqueue(wb_h, wb_op)
