@@ -630,6 +630,56 @@ struct FileTests {
         }
     }
 
+    @Test("[FILE-15] io_uring: a small read of cached bytes completes on the starting thread; others wait for a round")
+    fileprivate func pageCacheReadAtOnce() throws {
+        guard let fx = try FileFixture.make(.uring) else { return }
+        defer { fx.finish() }
+        let size = 256 << 10
+        let data = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        let f = try fx.file("inline", contents: data)  // just written: in the page cache
+        let gate = Gate()
+        let blockers = fx.blockTaskThreads(gate)  // no ring round can run now
+
+        let small = fx.handle()
+        let a = fx.buffer(1000), b = fx.buffer(3096)
+        try small.setIOV([AioIOV(a), AioIOV(b)])
+        f.read(small, at: 8192)
+        #expect(!small.isBusy, "a cached 4 KiB read completed before read() returned")
+        #expect(small.error == nil && small.count == 4096)
+        #expect(Array(a) + Array(b) == Array(data[8192..<(8192 + 4096)]))
+
+        let large = fx.handle()
+        try large.setIOV([AioIOV(fx.buffer(64 << 10))])
+        f.read(large, at: 0)
+        let tail = fx.handle()  // ends past the end of the file: the ring's answer
+        let tailBuffer = fx.buffer(4096)
+        try tail.setIOV([AioIOV(tailBuffer)])
+        f.read(tail, at: Int64(size - 100))
+        sleepMillis(20)
+        #expect(large.isBusy, "a 64 KiB read waits for a ring round")
+        #expect(tail.isBusy, "a read past the end waits for a ring round")
+
+        gate.open()
+        #expect(eventually { !large.isBusy && !tail.isBusy })
+        #expect(large.error == nil && large.count == 64 << 10)
+        #expect(tail.error == nil && tail.count == 100)
+        #expect(Array(tailBuffer[0..<100]) == Array(data[(size - 100)...]))
+        for blocker in blockers { blocker.stop() }
+
+        // With a callback: it runs on a task thread, not on the starter's.
+        let me = pthread_self()
+        let onStarter = Counter(), ran = Counter()
+        let withCallback = fx.handle { _ in
+            if pthread_equal(pthread_self(), me) != 0 { onStarter.increment() }
+            ran.increment()
+        }
+        try withCallback.setIOV([AioIOV(fx.buffer(512))])
+        f.read(withCallback, at: 0)
+        #expect(eventually { ran.count == 1 })
+        #expect(onStarter.count == 0)
+        #expect(withCallback.error == nil && withCallback.count == 512)
+    }
+
     @Test("[FILE-8] cancel and timeout of queued operations end them at once; each callback runs once", arguments: Backend.allCases)
     fileprivate func cancelQueued(_ backend: Backend) throws {
         guard let fx = try FileFixture.make(backend) else { return }
@@ -835,7 +885,9 @@ struct FileTests {
 
     @Test("[FILE-10] shutdown with operations pending: each ends once (.stopped, or done); file threads start on first use and are joined", arguments: Backend.allCases)
     fileprivate func shutdownPending(_ backend: Backend) throws {
-        guard let fx = try FileFixture.make(backend, name: "fsd") else { return }
+        // A name per backend: the two cases run at once, and each counts its own file threads.
+        let runtimeName = backend == .uring ? "fsdu" : "fsdt"
+        guard let fx = try FileFixture.make(backend, name: runtimeName) else { return }
         defer { fx.finish() }
         func fileThreads() -> Int {
             guard let dir = opendir("/proc/self/task") else { return -1 }
@@ -847,7 +899,7 @@ struct FileTests {
                 }
                 if name.first == "." { continue }
                 let comm = String(decoding: contents("/proc/self/task/\(name)/comm"), as: UTF8.self)
-                if comm.hasPrefix("fsd-file") { n += 1 }
+                if comm.hasPrefix(runtimeName + "-file") { n += 1 }
             }
             return n
         }

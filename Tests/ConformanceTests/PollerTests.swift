@@ -494,6 +494,65 @@ struct PollerTests {
         #expect(violations == 0, "\(violations) handler calls started after deregister returned")
     }
 
+    @Test("[POLL-4] a handler freed by the poller's own reference after a delivery deregisters in its deinit without deadlock")
+    func lastReferenceDroppedDuringDelivery() throws {
+        // What a SocketStream released by its owner while an event for it is
+        // being delivered does: the poller's strong reference (the handler is
+        // held weakly) is the last one, and the stream's deinit deregisters
+        // on the poller thread. That deinit once ran with the registration's
+        // lock still held and deadlocked the poller on it (a later shutdown
+        // then waited for the poller thread forever).
+        let fx = try PollFixture(name: "pl4last")
+        defer { fx.finish() }
+        final class SelfDeregistering: PollHandler, @unchecked Sendable {  // `registration` set once before any event; the rest atomic
+            let poller: Poller
+            var registration: PollRegistration?
+            let inside = Counter()
+            let released = Counter()
+            let deinited: Counter
+            init(poller: Poller, deinited: Counter) {
+                self.poller = poller
+                self.deinited = deinited
+            }
+            func pollEvents(_ events: PollEvents, _ registration: PollRegistration) {
+                inside.increment()
+                // Hold the delivery until the owner has let go.
+                _ = eventually(within: 10) { released.count > 0 }
+            }
+            deinit {
+                if let registration { poller.deregister(registration) }
+                deinited.increment()
+            }
+        }
+        for _ in 0..<20 {
+            let (a, b) = try #require(makeSocketpair())
+            let deinited = Counter()
+            var handler: SelfDeregistering? = SelfDeregistering(poller: fx.poller, deinited: deinited)
+            let inside = handler!.inside, released = handler!.released
+            handler!.registration = try fx.poller.register(a, interest: [.readable], handler: handler!)
+            writeByte(b)
+            #expect(eventually(within: 10) { inside.count > 0 })
+            handler = nil  // the poller's reference is now the last
+            released.increment()
+            let freed = eventually(within: 10) { deinited.count == 1 }
+            #expect(freed, "the handler was not freed (the poller deadlocked?)")
+            if !freed { break }
+            // The poller still serves others.
+            let (c, d) = try #require(makeSocketpair())
+            let log = EventLog()
+            let other = TestHandler { e, _ in log.record(e) }
+            let reg = try fx.poller.register(c, interest: [.readable], handler: other)
+            writeByte(d)
+            #expect(log.waitFor(.readable))
+            fx.poller.deregister(reg)
+            withExtendedLifetime(other) {}
+            close(a)
+            close(b)
+            close(c)
+            close(d)
+        }
+    }
+
     @Test("[POLL-4] a reused descriptor number never reaches the old handler")
     func reusedDescriptorNumber() throws {
         let fx = try PollFixture(pollerThreads: 2)

@@ -141,23 +141,6 @@ enum FacadeNet {
         return s
     }
 
-    /// Threads of this process whose name starts with `prefix`.
-    static func threadCount(named prefix: String) -> Int {
-        guard let dir = opendir("/proc/self/task") else { return -1 }
-        defer { closedir(dir) }
-        var n = 0
-        while let e = readdir(dir) {
-            let tid = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if tid == "." || tid == ".." { continue }
-            guard let f = fopen("/proc/self/task/\(tid)/comm", "r") else { continue }
-            var buf = [UInt8](repeating: 0, count: 64)
-            let got = fread(&buf, 1, 63, f)
-            fclose(f)
-            if String(decoding: buf.prefix(got), as: UTF8.self).hasPrefix(prefix) { n += 1 }
-        }
-        return n
-    }
-
     /// Runs `body` on a new thread; the returned closure joins it.
     static func spawn(_ body: @escaping @Sendable () -> Void) -> () -> Void {
         final class Start: @unchecked Sendable {  // immutable after init
@@ -611,7 +594,7 @@ struct ReactorTests {
         defer { close(p); close(q) }
         let warm = try service.registerReader(p, FnReader {})
         try service.start()
-        let threadsBefore = FacadeNet.threadCount(named: "svc11")
+        let threadsBefore = threadCount(named: "svc11")
         var pairs: [(Int32, Int32)] = []
         let idleCalls = Counter()
         var ids: [Int] = []
@@ -620,7 +603,7 @@ struct ReactorTests {
             pairs.append(pair)
             ids.append(try service.registerReader(pair.0, FnReader { idleCalls.increment() }))
         }
-        #expect(FacadeNet.threadCount(named: "svc11") == threadsBefore, "registrations started threads")
+        #expect(threadCount(named: "svc11") == threadsBefore, "registrations started threads")
         // Five busy connections among them: echo servers driven by notifications.
         var busy: [(Int32, Int32, DrainReader)] = []
         for _ in 0..<5 {
@@ -635,7 +618,7 @@ struct ReactorTests {
         #expect(eventually(within: 30) { busy.allSatisfy { $0.2.received.value.count == 80 } })
         sleepMillis(50)
         #expect(idleCalls.count == 0, "idle registrations were notified")
-        #expect(FacadeNet.threadCount(named: "svc11") == threadsBefore, "threads grew with registrations")
+        #expect(threadCount(named: "svc11") == threadsBefore, "threads grew with registrations")
         service.stopAndWait()
         for id in ids { service.unregisterReader(id) }
         service.unregisterReader(warm)

@@ -368,7 +368,7 @@ struct ReadinessTests {
         let (p, q) = FacadeNet.socketPair()
         defer { close(p); close(q) }
         try warm.register(p, token: 0, interest: .readable)  // the poller starts here
-        let before = FacadeNet.threadCount(named: "rdy11")
+        let before = threadCount(named: "rdy11")
         var loops: [ReadinessLoop] = []
         var pairs: [(Int32, Int32)] = []
         for i in 0..<10 {
@@ -380,7 +380,7 @@ struct ReadinessTests {
             }
             loops.append(l)
         }
-        #expect(FacadeNet.threadCount(named: "rdy11") == before, "loops or registrations started threads")
+        #expect(threadCount(named: "rdy11") == before, "loops or registrations started threads")
         let h = Recorder()
         FacadeNet.writeAll(pairs[537].1, [1])
         #expect(try runUntil(loops[5], h) { !h.events.isEmpty })

@@ -5,24 +5,6 @@ import Testing
 /// Specs/Runtime.md.
 @Suite("Runtime")
 struct RuntimeTests {
-    /// Threads of this process whose name starts with `prefix` (/proc/self/task/*/comm).
-    func threadCount(named prefix: String) -> Int {
-        guard let dir = opendir("/proc/self/task") else { return -1 }
-        defer { closedir(dir) }
-        var n = 0
-        while let e = readdir(dir) {
-            let tid = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if tid == "." || tid == ".." { continue }
-            guard let f = fopen("/proc/self/task/\(tid)/comm", "r") else { continue }
-            var buf = [UInt8](repeating: 0, count: 64)
-            let got = fread(&buf, 1, 63, f)
-            fclose(f)
-            let line = String(decoding: buf.prefix(got), as: UTF8.self)
-            if line.hasPrefix(prefix) { n += 1 }
-        }
-        return n
-    }
-
     @Test("[RT-1] the shared runtime serves handles made without one; a private shutdown leaves it running")
     func sharedAndPrivate() throws {
         let shared = AioHandle()
@@ -125,6 +107,48 @@ struct RuntimeTests {
             h = nil
         }
         #expect(eventually { threadCount(named: "rt6last-") == 0 })
+    }
+
+    @Test("[RT-2] [AIO-2] an operation finished while shutdown runs: its callback has returned when shutdown returns")
+    func shutdownWaitsForCompletionInTransit() throws {
+        // The interleaving the model in Specs/model/shutdown.pml found: a
+        // provider thread finishes (the handle leaves the in-flight list)
+        // just as shutdown looks for pending work, before the completion
+        // reaches the task pool's queue. Shutdown must still wait for it.
+        for round in 0..<300 {
+            let rt = try makeRuntime(taskThreads: 1)
+            let returned = Counter()
+            let h = AioHandle(runtime: rt) { _ in
+                sleepMillis(1)
+                returned.increment()
+            }
+            #expect(h.start(onCancel: nil))
+            let go = Counter()
+            let sync = round % 2 == 1  // finishSync from the provider's own thread, too
+            let provider = FacadeNet.spawn {
+                while go.count == 0 {}
+                if sync { h.finishSync() } else { h.finish() }
+            }
+            go.increment()
+            rt.shutdown()
+            #expect(returned.count == 1, "round \(round): shutdown returned before the callback did")
+            provider()
+            if returned.count != 1 { break }
+        }
+    }
+
+    @Test("[RT-5] shutdown from a callback that finishSync runs on a thread of the caller's: starts it and returns")
+    func shutdownFromInlineCallback() throws {
+        let rt = try makeRuntime()
+        let h = AioHandle(runtime: rt) { _ in rt.shutdown() }
+        let sleeper = AioHandle(runtime: rt)
+        sleeper.sleep(.seconds(60))
+        #expect(h.start(onCancel: nil))
+        expectFinishes { h.finishSync() }  // would wait for its own callback
+        sleeper.wait()
+        #expect(sleeper.error == .stopped)
+        expectFinishes { rt.shutdown() }
+        #expect(rt.isShutDown)
     }
 
     @Test("[RT-5] shutdown from a callback with many operations in flight")

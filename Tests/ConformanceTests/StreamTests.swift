@@ -74,12 +74,14 @@ private final class Fixture {
     let mem = Buffers()
     private var finished = false
 
+    let name: String
+    private static let serial = Counter()
+
     init(name: String? = nil, taskThreads: Int = 2) throws {
-        if let name {
-            rt = try AioRuntime(configuration: .init(taskThreads: taskThreads, name: name))
-        } else {
-            rt = try makeRuntime(taskThreads: taskThreads)
-        }
+        // A name of its own, so that a failed shutdown can report this runtime's threads.
+        let n = name ?? "st\(Self.serial.increment())"
+        self.name = n
+        rt = try AioRuntime(configuration: .init(taskThreads: taskThreads, name: n))
     }
 
     /// Idempotent.
@@ -88,7 +90,9 @@ private final class Fixture {
         finished = true
         let rt = self.rt
         let done = finishes(within: 30) { rt.shutdown() }
-        #expect(done, "the runtime's shutdown did not finish within 30 s", sourceLocation: sourceLocation)
+        #expect(
+            done, "the runtime's shutdown did not finish within 30 s; its threads: \(threadReport(name + "-"))",
+            sourceLocation: sourceLocation)
         if done { mem.freeAll() }  // else leak them: an operation might still use them
     }
 
@@ -323,23 +327,6 @@ private func makeStaleSocketFile(_ path: String) -> Bool {
 private func fileType(_ path: String) -> mode_t? {
     var st = stat()
     return lstat(path, &st) == 0 ? st.st_mode & S_IFMT : nil
-}
-
-/// Threads of this process whose name starts with `prefix`.
-private func threadCount(named prefix: String) -> Int {
-    guard let dir = opendir("/proc/self/task") else { return -1 }
-    defer { closedir(dir) }
-    var n = 0
-    while let e = readdir(dir) {
-        let tid = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if tid == "." || tid == ".." { continue }
-        guard let f = fopen("/proc/self/task/\(tid)/comm", "r") else { continue }
-        var buf = [UInt8](repeating: 0, count: 64)
-        let got = fread(&buf, 1, 63, f)
-        fclose(f)
-        if String(decoding: buf.prefix(got), as: UTF8.self).hasPrefix(prefix) { n += 1 }
-    }
-    return n
 }
 
 /// A TCP listener on 127.0.0.1 whose accept queue is full (backlog 0, never

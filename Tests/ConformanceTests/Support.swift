@@ -120,3 +120,45 @@ func expectFinishes(
     let ok = finishes(within: seconds, body)
     #expect(ok, "did not finish within \(seconds) s (a deadlock?)", sourceLocation: sourceLocation)
 }
+
+/// The threads of this process (/proc/self/task): name and scheduler state
+/// (R running, S sleeping, D uninterruptible...).
+func processThreads() -> [(name: String, state: String)] {
+    guard let dir = opendir("/proc/self/task") else { return [] }
+    defer { closedir(dir) }
+    var out: [(name: String, state: String)] = []
+    while let e = readdir(dir) {
+        let tid = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if tid == "." || tid == ".." { continue }
+        let name = readSmallFile("/proc/self/task/\(tid)/comm").split(separator: "\n").first.map(String.init) ?? "?"
+        // stat: "tid (comm) S ..." (the comm may hold spaces and parentheses).
+        let stat = readSmallFile("/proc/self/task/\(tid)/stat")
+        var state = "?"
+        if let close = stat.lastIndex(of: ")") {
+            state = String(stat[stat.index(after: close)...].split(separator: " ").first ?? "?")
+        }
+        out.append((name, state))
+    }
+    return out
+}
+
+private func readSmallFile(_ path: String) -> String {
+    guard let f = fopen(path, "r") else { return "" }
+    defer { fclose(f) }
+    var buf = [UInt8](repeating: 0, count: 512)
+    let got = fread(&buf, 1, 511, f)
+    return String(decoding: buf.prefix(got), as: UTF8.self)
+}
+
+/// Threads of this process whose name starts with `prefix`.
+func threadCount(named prefix: String) -> Int {
+    processThreads().filter { $0.name.hasPrefix(prefix) }.count
+}
+
+/// A line naming the threads whose name starts with `prefix` and their
+/// states: what a shutdown that did not finish is still waiting for.
+func threadReport(_ prefix: String) -> String {
+    let mine = processThreads().filter { $0.name.hasPrefix(prefix) }
+    if mine.isEmpty { return "no thread named \(prefix)*" }
+    return mine.map { "\($0.name)[\($0.state)]" }.joined(separator: " ")
+}

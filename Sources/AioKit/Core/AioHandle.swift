@@ -323,6 +323,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             transferred = 0
         }
         busy += 1
+        stripe.pending += 1
         seq &+= 1
         if flags & Self.stopped != 0 || stripe.closed {
             failure = .stopped
@@ -415,6 +416,9 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             carryOut(action)
             return
         }
+        let depth = Self.inlineCallbackDepth.get()
+        Self.inlineCallbackDepth.set(depth.map { $0 + 1 } ?? UnsafeMutableRawPointer(bitPattern: 1))
+        defer { Self.inlineCallbackDepth.set(depth) }
         if flags & Self.callbackRunning != 0 {
             // Nested in this handle's own callback, on this thread: run it here.
             stripe.unlock()
@@ -423,6 +427,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             callbackThread.store(outer, ordering: .relaxed)
             stripe.lock()
             busy -= 1
+            stripe.pending -= 1
             stripe.unlock()
         } else {
             flags |= Self.callbackRunning
@@ -433,6 +438,14 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     }
 
     // MARK: - Internals
+
+    /// How many `finishSync` callbacks the calling thread is inside (nil:
+    /// none): a shutdown called from one of them, on a thread that is not the
+    /// runtime's, must not wait for the callback it runs in ([RT-5]).
+    static let inlineCallbackDepth = ThreadLocalKey()
+
+    /// True when the calling thread is running a callback through `finishSync`.
+    static var inInlineCallback: Bool { inlineCallbackDepth.get() != nil }
 
     /// Records the end of the operation in flight (stripe lock held).
     @inline(__always) func markFinished(_ error: AioError?, _ count: Int) {
@@ -464,6 +477,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     @inline(__always) func completionLocked() -> CompletionAction {
         if callback == nil {
             busy -= 1
+            stripe.pending -= 1
             wakeWaitersIfIdle()
             if let hook = resumeHook {
                 resumeHook = nil
@@ -516,6 +530,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         callbackThread.store(outer, ordering: .relaxed)
         stripe.lock()
         busy -= 1
+        stripe.pending -= 1
         flags &= ~Self.callbackRunning
         if flags & Self.deferred != 0 {
             flags &= ~Self.deferred  // still pending: now queued

@@ -147,14 +147,15 @@ final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
 
     var isShuttingDown: Bool { lock.withLock { state != .running } }
 
-    /// True on a thread of this runtime (a callback, the timer, the reaper).
+    /// True on a thread of this runtime (a callback, the timer, the reaper,
+    /// the poller) or inside a callback run by `finishSync` on any thread.
     private var onOwnThread: Bool {
         if pool.currentWorker() != nil { return true }
         let me = pthread_self()
         if let t = reaper.thread, pthread_equal(t, me) != 0 { return true }
         if let t = timers.thread, pthread_equal(t, me) != 0 { return true }
         if poller.onPollerThread { return true }
-        return false
+        return AioHandle.inInlineCallback
     }
 
     func shutdown() {
@@ -201,17 +202,19 @@ final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
         finish()
     }
 
-    /// Waits until nothing is in flight or queued, then stops the threads.
+    /// Waits until every operation started is over (its callback returned:
+    /// a completion queued, in a worker's LIFO slot or deferred still counts)
+    /// and the reaper is idle, then stops the threads ([RT-2]).
     private func finish() {
         var quietRounds = 0
         while quietRounds < 2 {
-            var live = 0
+            var pending = 0
             for s in stripes {
                 s.lock()
-                live += s.liveCount
+                pending += s.pending
                 s.unlock()
             }
-            if live == 0 && pool.isQuiet && reaper.isQuiet {
+            if pending == 0 && pool.isQuiet && reaper.isQuiet {
                 quietRounds += 1
             } else {
                 quietRounds = 0

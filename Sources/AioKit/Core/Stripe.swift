@@ -16,6 +16,11 @@ final class Stripe: @unchecked Sendable {  // every var is guarded by `mutex`
     /// Handles with an operation in flight (linked through `liveNext`/`livePrev`).
     var liveHead: Unmanaged<AioHandle>?
     var liveCount = 0
+    /// Operations of this stripe's handles started and not yet over: their
+    /// callback has not returned (the sum of their `busy`). Unlike the live
+    /// list it also counts a completion between `finish` and its callback
+    /// (queued, in a LIFO slot, deferred), which shutdown must wait for ([RT-2]).
+    var pending = 0
     /// Set by shutdown: starts are refused with `.stopped`.
     var closed = false
 

@@ -246,12 +246,17 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
                 let reg = Unmanaged<PollRegistration>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(data))!)
                     .takeUnretainedValue()
                 reg.lock.lock()
-                if !reg.dead, let handler = reg.handler {
+                // The handler is held weakly: this strong reference may be its
+                // last one. It must go only after the lock is released, since
+                // the handler's deinit may deregister (which takes the lock).
+                let handler = reg.dead ? nil : reg.handler
+                if let handler {
                     reg.runningThread.store(me, ordering: .relaxed)
                     handler.pollEvents(PollEvents(epoll: Epoll.events(e)), reg)
                     reg.runningThread.store(0, ordering: .relaxed)
                 }
                 reg.lock.unlock()
+                withExtendedLifetime(handler) {}  // [POLL-4]: a deinit here deregisters without deadlock
             }
             lock.lock()
             let stop = stopping

@@ -46,6 +46,13 @@ public final class AioFile: @unchecked Sendable {  // lets, `state` (atomic), `c
     private let counts: UnsafeMutablePointer<Int>
     static let maxSlots = 4
     private static let stride = 8
+    /// Reads left to send straight to the ring before trying the page cache
+    /// on the starting thread again ([FILE-15]); Int.max: never (the file
+    /// system does not support RWF_NOWAIT). Relaxed: a lost update only moves
+    /// the next attempt a little.
+    private let inlineSkip = Atomic<Int>(0)
+    /// Reads sent to the ring after one that needed the device.
+    static let inlineBackoff = 16
 
     /// Opens `path` ([FILE-1]). A mode with neither `.read` nor `.write`, or
     /// with `.truncate` or `.append` but no `.write`, and a path that names a
@@ -143,6 +150,20 @@ public final class AioFile: @unchecked Sendable {  // lets, `state` (atomic), `c
     }
 
     // MARK: - Backends' side
+
+    /// Whether the io_uring backend should try this read on the page cache
+    /// first (counts down the skips after a miss).
+    @inline(__always) var tryInlineRead: Bool {
+        let skip = inlineSkip.load(ordering: .relaxed)
+        if skip == 0 { return true }
+        if skip != Int.max { inlineSkip.store(skip - 1, ordering: .relaxed) }
+        return false
+    }
+
+    /// A page-cache read did not serve the whole operation.
+    func inlineReadMissed(unsupported: Bool) {
+        inlineSkip.store(unsupported ? Int.max : Self.inlineBackoff, ordering: .relaxed)
+    }
 
     /// True once `close()` was called.
     @inline(__always) var isClosed: Bool { state.load(ordering: .relaxed) & 1 != 0 }
