@@ -8,26 +8,51 @@ import Glibc
 ///
 /// Striping keeps a handle small (no mutex of its own) while handles of
 /// different stripes never contend.
-final class Stripe: @unchecked Sendable {  // every var is guarded by `mutex`
+final class Stripe: @unchecked Sendable {  // every field in `memory` past the mutex is guarded by `mutex`
     let mutex: UnsafeMutablePointer<pthread_mutex_t>
     let cond: UnsafeMutablePointer<pthread_cond_t>
+    /// Two cache lines of its own: the mutex and the fields it guards that
+    /// every start and finish writes (live list, counts) in the first, the
+    /// condition variable and `closed` in the second. The Swift object itself
+    /// holds only constants: stripes allocated one after the other share
+    /// no line that a start or a finish writes, so handles of different
+    /// stripes used on different cores do not bounce lines between them.
     private let memory: UnsafeMutableRawPointer
+    private static let liveHeadOffset = 40
+    private static let liveCountOffset = 48
+    private static let pendingOffset = 56
+    private static let closedOffset = 112
 
     /// Handles with an operation in flight (linked through `liveNext`/`livePrev`).
-    var liveHead: Unmanaged<AioHandle>?
-    var liveCount = 0
+    var liveHead: Unmanaged<AioHandle>? {
+        @inline(__always) get {
+            (memory + Self.liveHeadOffset).load(as: UnsafeMutableRawPointer?.self).map { Unmanaged.fromOpaque($0) }
+        }
+        @inline(__always) set { (memory + Self.liveHeadOffset).storeBytes(of: newValue?.toOpaque(), as: UnsafeMutableRawPointer?.self) }
+    }
+    var liveCount: Int {
+        @inline(__always) get { (memory + Self.liveCountOffset).load(as: Int.self) }
+        @inline(__always) set { (memory + Self.liveCountOffset).storeBytes(of: newValue, as: Int.self) }
+    }
     /// Operations of this stripe's handles started and not yet over: their
     /// callback has not returned (the sum of their `busy`). Unlike the live
     /// list it also counts a completion between `finish` and its callback
     /// (queued, in a LIFO slot, deferred), which shutdown must wait for ([RT-2]).
-    var pending = 0
+    var pending: Int {
+        @inline(__always) get { (memory + Self.pendingOffset).load(as: Int.self) }
+        @inline(__always) set { (memory + Self.pendingOffset).storeBytes(of: newValue, as: Int.self) }
+    }
     /// Set by shutdown: starts are refused with `.stopped`.
-    var closed = false
+    var closed: Bool {
+        @inline(__always) get { (memory + Self.closedOffset).load(as: Bool.self) }
+        @inline(__always) set { (memory + Self.closedOffset).storeBytes(of: newValue, as: Bool.self) }
+    }
 
     init() {
-        // One cache line each for the mutex and the condition variable's
-        // neighbours, so that stripes do not share lines.
+        precondition(MemoryLayout<pthread_mutex_t>.size <= Self.liveHeadOffset)
+        precondition(64 + MemoryLayout<pthread_cond_t>.size <= Self.closedOffset)
         memory = .allocate(byteCount: 128, alignment: 64)
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: 128)
         mutex = memory.bindMemory(to: pthread_mutex_t.self, capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         let condMemory = memory + 64

@@ -252,13 +252,6 @@ enum FileSys {
         Sys.retrying { Glibc.preadv(fd, iov, Int32(count), off_t(offset)) }
     }
 
-    /// preadv2(2) with RWF_NOWAIT (EINTR retried): bytes read from the page
-    /// cache, or -errno (-EAGAIN when some of the range would need the device).
-    @inline(__always)
-    static func preadvNowait(_ fd: Int32, _ iov: UnsafePointer<iovec>, _ count: Int, _ offset: Int64) -> Int {
-        caio_preadv_nowait(fd, iov, Int32(count), offset)
-    }
-
     /// pwritev(2): bytes written, or -errno (EINTR retried).
     static func pwritev(_ fd: Int32, _ iov: UnsafePointer<iovec>, _ count: Int, _ offset: Int64) -> Int {
         Sys.retrying { Glibc.pwritev(fd, iov, Int32(count), off_t(offset)) }

@@ -27,12 +27,6 @@ int caio_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned
 /// io_uring_register(2): 0 (or a count), or -errno.
 int caio_uring_register(int fd, unsigned opcode, void *arg, unsigned nr_args);
 
-#include <sys/uio.h>
-/// preadv2(2) with RWF_NOWAIT, EINTR retried: bytes read (from the page
-/// cache only), or -errno (-EAGAIN: some of it is not cached; -EOPNOTSUPP:
-/// the file system cannot tell).
-long caio_preadv_nowait(int fd, const struct iovec *iov, int count, int64_t offset);
-
 static const uint32_t CAIO_IORING_SETUP_CLAMP = IORING_SETUP_CLAMP;
 static const uint32_t CAIO_IORING_SETUP_SUBMIT_ALL = IORING_SETUP_SUBMIT_ALL;
 static const uint32_t CAIO_IORING_FEAT_SINGLE_MMAP = IORING_FEAT_SINGLE_MMAP;

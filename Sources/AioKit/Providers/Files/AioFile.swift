@@ -46,13 +46,12 @@ public final class AioFile: @unchecked Sendable {  // lets, `state` (atomic), `c
     private let counts: UnsafeMutablePointer<Int>
     static let maxSlots = 4
     private static let stride = 8
-    /// Reads left to send straight to the ring before trying the page cache
-    /// on the starting thread again ([FILE-15]); Int.max: never (the file
-    /// system does not support RWF_NOWAIT). Relaxed: a lost update only moves
-    /// the next attempt a little.
-    private let inlineSkip = Atomic<Int>(0)
-    /// Reads sent to the ring after one that needed the device.
-    static let inlineBackoff = 16
+    /// Writes left to send to the ring before writing on a task thread
+    /// again, after a slow one ([FILE-15]). Relaxed: a lost update only
+    /// moves the next attempt a little.
+    private let inlineWriteSkip = Atomic<Int>(0)
+    /// Writes sent to the ring after a slow one.
+    static let inlineWriteBackoff = 64
 
     /// Opens `path` ([FILE-1]). A mode with neither `.read` nor `.write`, or
     /// with `.truncate` or `.append` but no `.write`, and a path that names a
@@ -151,19 +150,20 @@ public final class AioFile: @unchecked Sendable {  // lets, `state` (atomic), `c
 
     // MARK: - Backends' side
 
-    /// Whether the io_uring backend should try this read on the page cache
-    /// first (counts down the skips after a miss).
-    @inline(__always) var tryInlineRead: Bool {
-        let skip = inlineSkip.load(ordering: .relaxed)
+    /// Whether the io_uring backend should do this write (started on a task
+    /// thread) at once (counts down the skips after a slow one).
+    @inline(__always) var tryInlineWrite: Bool {
+        let skip = inlineWriteSkip.load(ordering: .relaxed)
         if skip == 0 { return true }
-        if skip != Int.max { inlineSkip.store(skip - 1, ordering: .relaxed) }
+        inlineWriteSkip.store(skip - 1, ordering: .relaxed)
         return false
     }
 
-    /// A page-cache read did not serve the whole operation.
-    func inlineReadMissed(unsupported: Bool) {
-        inlineSkip.store(unsupported ? Int.max : Self.inlineBackoff, ordering: .relaxed)
+    /// A write done at once took long.
+    func inlineWriteWasSlow() {
+        inlineWriteSkip.store(Self.inlineWriteBackoff, ordering: .relaxed)
     }
+
 
     /// True once `close()` was called.
     @inline(__always) var isClosed: Bool { state.load(ordering: .relaxed) & 1 != 0 }

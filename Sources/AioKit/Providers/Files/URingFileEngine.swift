@@ -205,25 +205,24 @@ final class URingShard: @unchecked Sendable {  // vars guarded by `lock`; the ri
             aio.finish(.closed)
             return
         }
-        if kind == .read && Self.isSmall(aio) && file.tryInlineRead {
-            // A small read the page cache can serve completes here, without
-            // the ring: one preadv2(RWF_NOWAIT) on this thread, the shard's
-            // hold keeping the descriptor open across it ([FILE-15]). Larger
-            // ones go to the ring, whose shards spread their copies over the
-            // task threads instead of holding up this one. A cancel or
-            // timeout meanwhile finds no operation of this number queued and
-            // leaves it to end by itself, at once.
+        if kind == .write && Self.isSmall(aio) && runtime.pool.currentWorker() != nil && file.tryInlineWrite {
+            // A small write started in a callback is done here, on this task
+            // thread, without the ring ([FILE-15]): buffered writes that the
+            // file system cannot do without blocking (ext4's) would only be
+            // handed to the kernel's workers, a thread switch each way; the
+            // page cache takes it now. The shard's hold keeps the descriptor
+            // open across the call. A cancel or timeout meanwhile finds no
+            // operation of this number queued and leaves it to end by itself.
+            // Reads stay on the ring: its batches beat a system call per read.
             aio.providerWord = FileWord.idle(FileWord.make(seq: 0, state: 0, kind: kind, shard: index))  // keeps its shard
             lock.unlock()
-            let n = inlineRead(aio, file, offset)
+            let n = inlineWrite(aio, file, offset)
             lock.lock()
-            if n >= 0 || stopped || file.isClosed {
-                let drop = file.leave(slot: index)
-                lock.unlock()
-                if drop { file.dropHold() }
-                aio.finish(n >= 0 ? nil : stopped ? .stopped : .closed, count: max(n, 0))
-                return
-            }
+            let drop = file.leave(slot: index)
+            lock.unlock()
+            if drop { file.dropHold() }
+            aio.finish(n < 0 ? AioError.fileTransfer(Int32(-n)) : nil, count: max(n, 0))
+            return
         }
         aio.providerWord = FileWord.make(seq: seq, state: FileWord.queued, kind: kind, shard: index)
         aio.fileOpFile = fileRef
@@ -234,34 +233,34 @@ final class URingShard: @unchecked Sendable {  // vars guarded by `lock`; the ri
         if let driver { fire(driver) }
     }
 
-    /// Reads below this many bytes are tried on the page cache first ([FILE-15]).
-    static let inlineReadLimit = 64 << 10
+    /// Writes below this many bytes started in a callback are done at once ([FILE-15]).
+    static let inlineWriteLimit = 64 << 10
 
     @inline(__always) private static func isSmall(_ aio: AioHandle) -> Bool {
         var total = 0
         for v in aio.iovList { total &+= v.buffer.count }
-        return total < inlineReadLimit
+        return total < inlineWriteLimit
     }
 
-    /// The whole of `aio`'s iov read from the page cache at `offset`: the
-    /// bytes read, or -1 when the ring must do it (some of it is not cached,
-    /// the file ends inside it, or the file system cannot tell). Misses make
-    /// the file skip this attempt for a while ([FILE-15]).
-    private func inlineRead(_ aio: AioHandle, _ file: AioFile, _ offset: Int64) -> Int {
+    /// `aio`'s iov written at `offset` on this thread: the bytes written, or
+    /// -errno. A write that takes long (the kernel throttling dirty pages)
+    /// sends the file's next writes to the ring for a while ([FILE-15]).
+    private func inlineWrite(_ aio: AioHandle, _ file: AioFile, _ offset: Int64) -> Int {
         withUnsafeTemporaryAllocation(of: iovec.self, capacity: AioHandle.maxIOV) { vecs in
             var n = 0
-            var total = 0
             for v in aio.iovList {
                 vecs[n] = iovec(iov_base: v.buffer.baseAddress, iov_len: v.buffer.count)
-                total += v.buffer.count
                 n += 1
             }
-            let r = FileSys.preadvNowait(file.fd, vecs.baseAddress!, n, offset)
-            if r == total { return r }
-            file.inlineReadMissed(unsupported: r == -Int(EOPNOTSUPP) || r == -Int(EINVAL))
-            return -1
+            let start = Clock.nanos()
+            let r = FileSys.pwritev(file.fd, vecs.baseAddress!, n, offset)
+            if Clock.nanos() &- start > Self.slowInlineWriteNanos { file.inlineWriteWasSlow() }
+            return r
         }
     }
+
+    /// An inline write that takes longer than this sends the next ones to the ring.
+    static let slowInlineWriteNanos: UInt64 = 500_000
 
     /// Arms a round unless one is armed (lock held): the driver to fire, or nil.
     @inline(__always) private func armLocked() -> AioHandle? {
