@@ -248,22 +248,12 @@ final class LoopCore: @unchecked Sendable {  // `registered` guarded by `registr
     /// Set (under `queueLock`) when the queue gets a registration, cleared
     /// when `runOnce` takes it: read without the lock while spinning.
     private let queuedHint = Atomic<Bool>(false)
-    /// How long `runOnce` looks for an event before it parks: an event that
-    /// comes meanwhile (the answer of a request just sent) is taken without a
-    /// wake-up, a thread switch each way saved.
-    static let spinNanos: UInt64 = 50_000
-
-    /// Spins (briefly, without the lock) until an event is queued.
+    /// Looks for an event for a moment before parking (`Spinning`).
     @inline(__always) private func spinForEvents(until deadline: UInt64?) {
         if queuedHint.load(ordering: .acquiring) { return }
-        let start = Clock.nanos()
-        var end = start &+ Self.spinNanos
+        var end = Clock.nanos() &+ Spinning.nanos
         if let deadline, deadline < end { end = deadline }
-        var i = 0
-        while !queuedHint.load(ordering: .acquiring) {
-            i &+= 1
-            if i & 63 == 0 && Clock.nanos() >= end { return }
-        }
+        Spinning.spin(until: end) { queuedHint.load(ordering: .acquiring) }
     }
 
     func runOnce(_ loop: ReadinessLoop, _ handler: some ReadinessHandler, timeout: Duration?) throws -> Int {

@@ -392,16 +392,8 @@ final class WatcherCore: @unchecked Sendable {  // vars guarded by `lock`
     /// Set (under `lock`) when a result is queued, cleared when `waitIO`
     /// takes the batch: read without the lock while spinning.
     private let resultsHint = Atomic<Bool>(false)
-    /// How long `waitIO` looks for a result before it parks.
-    static let spinNanos: UInt64 = 50_000
-
     @inline(__always) private func spinForResults() {
-        let end = Clock.nanos() &+ Self.spinNanos
-        var i = 0
-        while !resultsHint.load(ordering: .acquiring) {
-            i &+= 1
-            if i & 63 == 0 && Clock.nanos() >= end { return }
-        }
+        Spinning.spin(until: Clock.nanos() &+ Spinning.nanos) { resultsHint.load(ordering: .acquiring) }
     }
 
     func waitIO() throws -> [WatcherResult] {
