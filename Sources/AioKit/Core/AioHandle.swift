@@ -30,8 +30,14 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
 
     // MARK: stripe lock
     var flags: UInt32 = 0
-    /// Operations started whose callback has not returned yet.
-    var busy: UInt32 = 0
+    /// Operations started whose callback has not returned yet. Written only
+    /// under the stripe lock; atomic so that `wait()` may also look at it
+    /// without the lock while it spins (relaxed loads and stores: plain moves).
+    let busyWord = Atomic<UInt32>(0)
+    var busy: UInt32 {
+        @inline(__always) get { busyWord.load(ordering: .relaxed) }
+        @inline(__always) set { busyWord.store(newValue, ordering: .releasing) }
+    }
     /// Counts operations; a timer entry is valid only for the one it was armed for.
     var seq: UInt32 = 0
     var result: AioError?
@@ -72,6 +78,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     /// The thread running this handle's callback (0: none): `wait()` and
     /// `stop()` from inside it must not wait for it ([DL-1]).
     let callbackThread = Atomic<UInt>(0)
+
 
     /// A cancel routine that is given the number of the operation it was taken
     /// for, so that a routine running late never touches a later operation.
@@ -185,7 +192,8 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     /// Waits until no operation is in flight and no callback is running
     /// ([AIO-6], [AIO-7]); returns at once if nothing was started. Called from
     /// the handle's own callback it returns at once ([DL-1]); called from other
-    /// callbacks it never deadlocks the task pool ([DL-3]).
+    /// callbacks it never deadlocks the task pool ([DL-3]). Off the task pool
+    /// it looks for the end for up to 20 µs before it parks (`Spinning`).
     public func wait() {
         if callbackThread.load(ordering: .relaxed) == Thread.current { return }
         stripe.lock()
@@ -198,6 +206,13 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         if let worker {
             stripe.unlock()
             helping = runtime.pool.workerWillBlock(worker)
+            stripe.lock()
+        } else {
+            // Off the pool: look for the end for a moment before parking; an
+            // operation about to end (a cancel on its way to the callback)
+            // then costs no wake-up on either side.
+            stripe.unlock()
+            Spinning.spin(until: Clock.nanos() &+ Self.waitSpinNanos) { busyWord.load(ordering: .acquiring) == 0 }
             stripe.lock()
         }
         while busy != 0 {
@@ -218,6 +233,9 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         stripe.unlock()
         if let worker { runtime.pool.workerDidUnblock(worker) }
     }
+
+    /// How long `wait()` off the task pool looks for the end before parking.
+    static let waitSpinNanos: UInt64 = 20_000
 
     /// `abort(.canceled)` ([AIO-16]).
     public func cancel() {
