@@ -120,13 +120,13 @@ active proctype Consumer() {
 }
 
 active proctype Worker0() {
-    CB_LOCALS; byte wm_h, wm_op;
+    CB_LOCALS; byte wm_h, wm_op; bit wm_spun;
     w_spawned[0] = 1;
     worker_thread(0)
 }
 
 active proctype Worker1() {
-    CB_LOCALS; byte wm_h, wm_op;
+    CB_LOCALS; byte wm_h, wm_op; bit wm_spun;
     w_spawned[1] = 1;
     worker_thread(1)
 }

@@ -106,7 +106,7 @@ active proctype Consumer() {
 }
 
 active proctype Worker0() {
-    CB_LOCALS; byte wm_h, wm_op;
+    CB_LOCALS; byte wm_h, wm_op; bit wm_spun;
     w_spawned[0] = 1;
     worker_thread(0)
 }
@@ -128,7 +128,7 @@ active proctype Final() {
 
 #if MAXT > 1
 active proctype Worker1() {
-    CB_LOCALS; byte wm_h, wm_op;
+    CB_LOCALS; byte wm_h, wm_op; bit wm_spun;
     worker_thread(1)
 }
 #endif

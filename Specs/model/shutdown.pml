@@ -278,7 +278,7 @@ active proctype Consumer() {
 }
 
 active proctype Worker0() {
-    CB_LOCALS; byte wm_h, wm_op;
+    CB_LOCALS; byte wm_h, wm_op; bit wm_spun;
     w_spawned[0] = 1;
     worker_thread(0)
 }
@@ -328,7 +328,7 @@ active proctype Final() {
 
 /* The transient drainer (startDrainer): runs callbacks dispatched after terminate(). */
 active proctype Drainer() {
-    CB_LOCALS; byte wm_h, wm_op;
+    CB_LOCALS; byte wm_h, wm_op; bit wm_spun;
     worker_thread(2)
 }
 

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// The runtime's callback workers ([POOL-1]..[POOL-6]).
 ///
@@ -8,8 +9,11 @@ import Glibc
 /// right after the current callback, without a wake-up ([POOL-3]). A worker
 /// that blocks in `wait()`/`stop()` is replaced by a spare thread, up to
 /// `maxTaskThreads` ([POOL-4]); at that ceiling it runs queued callbacks while
-/// it waits ([POOL-5]), so waits inside callbacks never starve the pool.
-final class TaskPool: @unchecked Sendable {  // every var below is guarded by `lock`; WorkerContext fields by their thread
+/// it waits ([POOL-5]), so waits inside callbacks never starve the pool. A
+/// worker out of work looks for more for up to 20 µs before it parks
+/// (`Spinning`), so a completion queued right after (the poller's next
+/// event) costs no wake-up on either side.
+final class TaskPool: @unchecked Sendable {  // every var below is guarded by `lock` (`queuedWord` is an atomic mirror of `queued`); WorkerContext fields by their thread
     let lock = ConditionLock()
     private var head: Unmanaged<AioHandle>?
     private var tail: Unmanaged<AioHandle>?
@@ -101,6 +105,7 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         }
         tail = h
         queued += 1
+        queuedWord.store(queued, ordering: .releasing)
         if idle > 0 {
             lock.signal()
         } else if terminated && !drainer && threads == 0 {
@@ -115,7 +120,24 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         head = h._withUnsafeGuaranteedRef { $0.liveNext }
         if head == nil { tail = nil }
         queued -= 1
+        queuedWord.store(queued, ordering: .relaxed)
         return h
+    }
+
+    /// `queued`, readable without the lock (written under it): what an idle
+    /// worker spins on.
+    private let queuedWord = Atomic<Int>(0)
+    /// How long a worker that ran out of work looks for more before parking.
+    static let idleSpinNanos: UInt64 = 20_000
+
+    /// A worker with nothing to run (lock held, and held again on return):
+    /// looks for new work for a moment, without the lock and not counted as
+    /// idle, so that a completion queued meanwhile (the poller's next event,
+    /// a cancel) needs no wake-up on either side.
+    private func spinBeforeParking() {
+        lock.unlock()
+        Spinning.spin(until: Clock.nanos() &+ Self.idleSpinNanos) { queuedWord.load(ordering: .acquiring) > 0 }
+        lock.lock()
     }
 
     /// Runs one callback and then whatever it put in the LIFO slot.
@@ -149,8 +171,10 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         let raw = Unmanaged.passRetained(ctx).toOpaque()
         Self.workerKey.set(raw)
         lock.lock()
+        var spun = false
         while true {
             if let h = dequeue() {
+                spun = false
                 active += 1
                 lock.unlock()
                 run(h, ctx)
@@ -159,6 +183,14 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
                 continue
             }
             if terminated { break }
+            if !spun {
+                // Once per idle spell: look for work for a moment before
+                // parking, then look at everything again (work, termination).
+                spun = true
+                spinBeforeParking()
+                continue
+            }
+            spun = false
             idle += 1
             if threads - blocked > minThreads {
                 // A spare thread, no longer needed: linger a little, then exit ([POOL-4]).
