@@ -66,19 +66,6 @@ private func rawTCPPair() -> (Int32, Int32) {
     return (c, s)
 }
 
-/// The payload of the TCP workloads: byte i is (i * 31 + 7) mod 256.
-private func facadePayload(_ size: Int) -> UnsafeMutableRawBufferPointer {
-    let b = facadeBuffer(size)
-    for i in 0..<size { b[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) }
-    return b
-}
-
-private func facadeBuffer(_ size: Int) -> UnsafeMutableRawBufferPointer {
-    let b = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 64)
-    b.initializeMemory(as: UInt8.self, repeating: 0)
-    return UnsafeMutableRawBufferPointer(rebasing: b[0..<size])
-}
-
 /// One non-blocking recv into `buffer[from...]`: bytes, 0 for EAGAIN; dies on EOF or error.
 @inline(__always)
 private func recvSome(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, from: Int, _ what: StaticString) -> Int {
@@ -151,9 +138,9 @@ private final class RoundTrips: @unchecked Sendable {  // vars: the client's sid
     init(size: Int, rounds: Int) {
         self.size = size
         self.rounds = rounds
-        payload = facadePayload(size)
-        inbox = facadeBuffer(size)
-        serverBuffer = facadeBuffer(size)
+        payload = makePayload(size)
+        inbox = zeroedBuffer(size)
+        serverBuffer = zeroedBuffer(size)
         rtt = .allocate(capacity: rounds)
         rtt.initialize(repeating: 0, count: rounds)
     }
@@ -279,8 +266,8 @@ private final class ReactorConnection: @unchecked Sendable {  // client vars: it
         self.chunks = chunks
         expected = size * chunks
         self.payload = payload
-        inbox = facadeBuffer(size)
-        buffer = facadeBuffer(size)
+        inbox = zeroedBuffer(size)
+        buffer = zeroedBuffer(size)
     }
 
     deinit {
@@ -361,7 +348,7 @@ private final class ReactorConnection: @unchecked Sendable {  // client vars: it
 private func reactorStream(_ args: BenchArgs) -> Report {
     let service = AioService()
     let progress = StreamProgress(args.concurrency)
-    let payload = facadePayload(args.size)
+    let payload = makePayload(args.size)
     let connections = (0..<args.concurrency).map { i in
         ReactorConnection(
             service, progress, size: args.size, chunks: evenShare(args.n, parts: args.concurrency, index: i),
@@ -460,7 +447,7 @@ private final class StreamSides: ReadinessHandler, @unchecked Sendable {  // use
         self.progress = progress
         self.size = size
         self.payload = payload
-        inbox = facadeBuffer(size)
+        inbox = zeroedBuffer(size)
     }
 
     deinit {
@@ -520,7 +507,7 @@ private final class StreamSides: ReadinessHandler, @unchecked Sendable {  // use
 
 private func readinessStream(_ args: BenchArgs) -> Report {
     let progress = StreamProgress(args.concurrency)
-    let payload = facadePayload(args.size)
+    let payload = makePayload(args.size)
     let clientSide = StreamSides(progress, size: args.size, payload: UnsafeRawBufferPointer(payload))
     let serverSide = StreamSides(progress, size: args.size, payload: UnsafeRawBufferPointer(payload))
     let clientLoop: ReadinessLoop
@@ -537,7 +524,7 @@ private func readinessStream(_ args: BenchArgs) -> Report {
             // The server loop's handler sees tokens C..<2C as its servers.
             serverSide.clients.append(.init(fd: -1, chunks: 0))
             serverSide.servers.append(.init(fd: s))
-            serverSide.buffers.append(facadeBuffer(args.size))
+            serverSide.buffers.append(zeroedBuffer(args.size))
         }
         for i in 0..<count {
             try serverLoop.register(serverSide.servers[i].fd, token: count + i, interest: [.readable, .writable])
@@ -632,7 +619,7 @@ private func watcherStream(_ args: BenchArgs) -> Report {
     let count = args.concurrency
     let size = args.size
     let progress = StreamProgress(count)
-    let payload = facadePayload(size)
+    let payload = makePayload(size)
     let chunk = UnsafeRawBufferPointer(payload)
     var clients: [SocketStream] = []
     var servers: [SocketStream] = []
@@ -644,8 +631,8 @@ private func watcherStream(_ args: BenchArgs) -> Report {
         let (c, s) = rawTCPPair()
         clients.append(adopt(c))
         servers.append(adopt(s))
-        inboxes.append(facadeBuffer(size))
-        buffers.append(AioIOV(facadeBuffer(size)))
+        inboxes.append(zeroedBuffer(size))
+        buffers.append(AioIOV(zeroedBuffer(size)))
         chunksLeft.append(evenShare(args.n, parts: count, index: i))
         received.append(0)
     }

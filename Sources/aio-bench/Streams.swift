@@ -34,14 +34,14 @@ private func setIOV(_ aio: AioHandle, _ iov: [AioIOV]) {
 }
 
 /// A zeroed buffer of `size` bytes (freed by the owner).
-private func zeroedBuffer(_ size: Int) -> UnsafeMutableRawBufferPointer {
+func zeroedBuffer(_ size: Int) -> UnsafeMutableRawBufferPointer {
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 64)
     buffer.initializeMemory(as: UInt8.self, repeating: 0)
     return UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size])
 }
 
 /// The payload of the TCP workloads: byte i is (i * 31 + 7) mod 256.
-private func makePayload(_ size: Int) -> UnsafeMutableRawBufferPointer {
+func makePayload(_ size: Int) -> UnsafeMutableRawBufferPointer {
     let buffer = zeroedBuffer(size)
     for i in 0..<size { buffer[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) }
     return buffer

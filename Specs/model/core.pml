@@ -100,7 +100,7 @@ hidden byte RT_2 = 1;   hidden byte RT_4 = 1;   hidden byte AIO_31 = 1; hidden b
 byte s_owner[NS];               /* pthread mutex: 0 free, else owner pid+1 */
 bit  s_closed[NS];              /* Stripe.closed, set by shutdown */
 byte s_liveHead[NS] = NIL;      /* Stripe.liveHead (intrusive, through liveNext/livePrev) */
-byte s_liveCount[NS];           /* Stripe.liveCount */
+byte s_liveCount[NS];           /* the live list's length (Stripe.liveCount before KB-4's fix; BUG_QUIET_LIVE) */
 byte s_waitOn[MAXP];            /* Stripe.cond: pid p parked on stripe s+1 (0: not parked) */
 
 /* ------------------------------------------ AioHandle, under its stripe */

@@ -22,7 +22,7 @@
  * has completed and run its callback ([RT-2]). The quiet test reads each
  * stripe's `pending` (Stripe.pending: the sum of its handles' `busy`, which
  * counts an operation until its callback has returned). -DBUG_QUIET_LIVE
- * restores the earlier test on the live list (Stripe.liveCount), which
+ * restores the earlier test on the live list (the former Stripe.liveCount), which
  * misses a completion between markFinished and the pool: bug KB-4
  * (README.md), caught as RT_2.
  */

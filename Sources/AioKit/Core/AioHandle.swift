@@ -79,7 +79,6 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     /// `stop()` from inside it must not wait for it ([DL-1]).
     let callbackThread = Atomic<UInt>(0)
 
-
     /// A cancel routine that is given the number of the operation it was taken
     /// for, so that a routine running late never touches a later operation.
     typealias CancelRoutine = @Sendable (AioHandle, AioError, UInt32) -> Void
@@ -323,7 +322,22 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         onCancel: (@Sendable (AioHandle, AioError) -> Void)?, cancelRoutine: CancelRoutine? = nil,
         defaultTimeout: Int64, sleepDeadline: UInt64, reset: Bool
     ) -> Bool {
-        if reset { lockedSlots()?.clearOutputs() }
+        // The previous outputs are taken out under the stripe lock below (no
+        // lock of their own) and let go only once it is released: their
+        // deinit may run any code.
+        var dropped: Slots.Outputs = (nil, nil, nil, nil)
+        let started = begin(
+            onCancel: onCancel, cancelRoutine: cancelRoutine, defaultTimeout: defaultTimeout,
+            sleepDeadline: sleepDeadline, reset: reset, dropping: &dropped)
+        withExtendedLifetime(dropped) {}
+        return started
+    }
+
+    /// `begin`; with `reset`, the previous outputs are moved to `dropped`.
+    @inline(__always) private func begin(
+        onCancel: (@Sendable (AioHandle, AioError) -> Void)?, cancelRoutine: CancelRoutine?,
+        defaultTimeout: Int64, sleepDeadline: UInt64, reset: Bool, dropping dropped: inout Slots.Outputs
+    ) -> Bool {
         _ = Unmanaged.passRetained(self)  // the in-flight reference ([AIO-27])
         var now: UInt64 = 0
         var deadline: UInt64 = 0
@@ -339,6 +353,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         if reset {
             result = nil
             transferred = 0
+            if let slots { dropped = slots.takeOutputs() }
         }
         busy += 1
         stripe.pending += 1
@@ -626,10 +641,23 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         var inputs: [(any Sendable)?] = [nil, nil, nil, nil]
         var outputs: [(any Sendable)?] = [nil, nil, nil, nil]
 
+        typealias Outputs = ((any Sendable)?, (any Sendable)?, (any Sendable)?, (any Sendable)?)
+
         func clearOutputs() {
             if outputs[0] != nil || outputs[1] != nil || outputs[2] != nil || outputs[3] != nil {
                 for i in 0..<4 { outputs[i] = nil }
             }
+        }
+
+        /// Empties the outputs and returns what they held (for the caller to
+        /// let go outside the stripe lock).
+        func takeOutputs() -> Outputs {
+            if outputs[0] == nil && outputs[1] == nil && outputs[2] == nil && outputs[3] == nil {
+                return (nil, nil, nil, nil)
+            }
+            let taken = (outputs[0], outputs[1], outputs[2], outputs[3])
+            for i in 0..<4 { outputs[i] = nil }
+            return taken
         }
     }
 }

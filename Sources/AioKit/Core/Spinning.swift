@@ -1,16 +1,18 @@
 import Glibc
 import Synchronization
 
-/// Brief spinning before parking, for threads that wait for the runtime's
-/// events on the user's side (`ReadinessLoop.runOnce`, `Watcher.waitIO`): an
-/// event that comes within the spin (the answer to a request just sent) is
-/// taken without a wake-up, a thread switch each way saved. Bounded in time
-/// (50 µs), yielding the core between looks, and at most half the CPUs (at
-/// least one) spin at once in the process, so spinners never hold the cores
-/// that the threads producing their events need.
+/// Brief spinning before parking, for threads that wait for something the
+/// runtime is about to do: an idle task thread (new work, 20 µs), `wait()`
+/// off the pool (the operation's end, 20 µs), `ReadinessLoop.runOnce` and
+/// `Watcher.waitIO` (an event or a result, 50 µs). What comes within the spin
+/// is taken without a wake-up, a thread switch each way saved. The caller
+/// bounds the time; the spinner yields the core between looks, and at most
+/// half the CPUs (at least one) spin at once in the process, so spinners
+/// never hold the cores that the threads producing their events need.
 enum Spinning {
     private static let spinners = Atomic<Int>(0)
     static let limit = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) / 2)
+    /// The facades' spin (`ReadinessLoop`, `Watcher`).
     static let nanos: UInt64 = 50_000
 
     /// Spins until `ready()` holds or the monotonic clock reads `end`; returns

@@ -12,15 +12,14 @@ final class Stripe: @unchecked Sendable {  // every field in `memory` past the m
     let mutex: UnsafeMutablePointer<pthread_mutex_t>
     let cond: UnsafeMutablePointer<pthread_cond_t>
     /// Two cache lines of its own: the mutex and the fields it guards that
-    /// every start and finish writes (live list, counts) in the first, the
+    /// every start and finish writes (live list, pending count) in the first, the
     /// condition variable and `closed` in the second. The Swift object itself
     /// holds only constants: stripes allocated one after the other share
     /// no line that a start or a finish writes, so handles of different
     /// stripes used on different cores do not bounce lines between them.
     private let memory: UnsafeMutableRawPointer
     private static let liveHeadOffset = 40
-    private static let liveCountOffset = 48
-    private static let pendingOffset = 56
+    private static let pendingOffset = 48
     private static let closedOffset = 112
 
     /// Handles with an operation in flight (linked through `liveNext`/`livePrev`).
@@ -29,10 +28,6 @@ final class Stripe: @unchecked Sendable {  // every field in `memory` past the m
             (memory + Self.liveHeadOffset).load(as: UnsafeMutableRawPointer?.self).map { Unmanaged.fromOpaque($0) }
         }
         @inline(__always) set { (memory + Self.liveHeadOffset).storeBytes(of: newValue?.toOpaque(), as: UnsafeMutableRawPointer?.self) }
-    }
-    var liveCount: Int {
-        @inline(__always) get { (memory + Self.liveCountOffset).load(as: Int.self) }
-        @inline(__always) set { (memory + Self.liveCountOffset).storeBytes(of: newValue, as: Int.self) }
     }
     /// Operations of this stripe's handles started and not yet over: their
     /// callback has not returned (the sum of their `busy`). Unlike the live
@@ -96,7 +91,6 @@ final class Stripe: @unchecked Sendable {  // every field in `memory` past the m
         h.liveNext = liveHead
         if let head = liveHead { head._withUnsafeGuaranteedRef { $0.livePrev = u } }
         liveHead = u
-        liveCount += 1
     }
 
     @inline(__always) func unlink(_ h: AioHandle) {
@@ -109,6 +103,5 @@ final class Stripe: @unchecked Sendable {  // every field in `memory` past the m
         }
         h.liveNext = nil
         h.livePrev = nil
-        liveCount -= 1
     }
 }
