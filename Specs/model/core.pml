@@ -137,6 +137,7 @@ byte p_tail = NIL;
 chan g_q[NH] = [QCAP] of { byte };     /* ghost: per handle, the ops whose completion is queued */
 byte p_threads = MINT;
 byte p_idle;
+byte p_spinning;                /* workers in spinBeforeParking: enqueue wakes nobody for them */
 byte p_blocked;
 byte p_active;
 bit  p_terminated;
@@ -327,7 +328,7 @@ inline pool_enqueue(h, op) {
         g_q[h]!op;                                /* ghost */
         if
 #ifndef BUG_NO_SIGNAL
-        :: p_idle > 0 -> pool_signal()
+        :: p_idle > 0 && p_spinning == 0 -> pool_signal()
 #endif
         :: else ->
             if

@@ -2,7 +2,8 @@ import Glibc
 import Synchronization
 
 /// Brief spinning before parking, for threads that wait for something the
-/// runtime is about to do: an idle task thread (new work, 20 µs), `wait()`
+/// runtime is about to do: an idle task thread (new work, 20 µs), a poller
+/// thread that just handled events (the next ones, 20 µs), `wait()`
 /// off the pool (the operation's end, 20 µs), `ReadinessLoop.runOnce` and
 /// `Watcher.waitIO` (an event or a result, 50 µs). What comes within the spin
 /// is taken without a wake-up, a thread switch each way saved. The caller

@@ -12,7 +12,10 @@ import Synchronization
 /// it waits ([POOL-5]), so waits inside callbacks never starve the pool. A
 /// worker out of work looks for more for up to 20 µs before it parks
 /// (`Spinning`), so a completion queued right after (the poller's next
-/// event) costs no wake-up on either side.
+/// event) costs no wake-up on either side: while a worker spins, `enqueue`
+/// signals nobody (the spinner looks at the queue under the lock before it
+/// parks), and a spinner that finds work passes the rest on to a parked
+/// worker.
 final class TaskPool: @unchecked Sendable {  // every var below is guarded by `lock` (`queuedWord` is an atomic mirror of `queued`); WorkerContext fields by their thread
     let lock = ConditionLock()
     private var head: Unmanaged<AioHandle>?
@@ -23,6 +26,9 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
     private var idle = 0
     private var blocked = 0
     private var active = 0
+    /// Workers in `spinBeforeParking`: each will look at the queue again
+    /// under the lock before it parks, so `enqueue` need not wake anyone.
+    private var spinning = 0
     private var terminated = false
     /// A transient thread drains the queue after termination.
     private var drainer = false
@@ -106,7 +112,7 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         tail = h
         queued += 1
         queuedWord.store(queued, ordering: .releasing)
-        if idle > 0 {
+        if idle > 0 && spinning == 0 {
             lock.signal()
         } else if terminated && !drainer && threads == 0 {
             startDrainer()
@@ -135,9 +141,11 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
     /// idle, so that a completion queued meanwhile (the poller's next event,
     /// a cancel) needs no wake-up on either side.
     private func spinBeforeParking() {
+        spinning += 1
         lock.unlock()
         Spinning.spin(until: Clock.nanos() &+ Self.idleSpinNanos) { queuedWord.load(ordering: .acquiring) > 0 }
         lock.lock()
+        spinning -= 1
     }
 
     /// Runs one callback and then whatever it put in the LIFO slot.
@@ -174,6 +182,11 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         var spun = false
         while true {
             if let h = dequeue() {
+                if spun && head != nil && idle > 0 && spinning == 0 {
+                    // Work queued while this worker spun woke nobody: pass
+                    // the rest on to a parked worker.
+                    lock.signal()
+                }
                 spun = false
                 active += 1
                 lock.unlock()

@@ -227,13 +227,30 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
         return free
     }
 
+    /// How long a poller thread that just handled events polls without
+    /// sleeping before it blocks in epoll_wait.
+    static let spinNanos: UInt64 = 20_000
+
     private func run(index: Int) {
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(Self.batch))
         defer { events.deallocate() }
         let me = Thread.current
+        var busy = false
         while true {
             for u in quiescent(index) { u.release() }
-            let n = Epoll.wait(epfd, events, Self.batch, timeoutMillis: -1)
+            var n = 0
+            if busy {
+                // Events came last time: look again without sleeping for a
+                // moment (the answer to what a callback just sent is often
+                // due within microseconds), saving this thread a wake-up.
+                let end = Clock.nanos() &+ Self.spinNanos
+                Spinning.spin(until: end) {
+                    n = Epoll.wait(epfd, events, Self.batch, timeoutMillis: 0)
+                    return n > 0
+                }
+            }
+            if n == 0 { n = Epoll.wait(epfd, events, Self.batch, timeoutMillis: -1) }
+            busy = true
             for i in 0..<n {
                 let e = events + i
                 let data = Epoll.data(e)
