@@ -25,7 +25,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     static let slotCount = 4
 
     let runtime: AioRuntime
-    unowned(unsafe) let stripe: Stripe  // kept alive by `runtime`
+    let stripe: Stripe  // freed by the runtime's core, which `runtime` keeps alive
     let callback: (@Sendable (AioHandle) -> Void)?
 
     // MARK: stripe lock
@@ -325,7 +325,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         // The previous outputs are taken out under the stripe lock below (no
         // lock of their own) and let go only once it is released: their
         // deinit may run any code.
-        var dropped: Slots.Outputs = (nil, nil, nil, nil)
+        var dropped: Slots.Taken?
         let started = begin(
             onCancel: onCancel, cancelRoutine: cancelRoutine, defaultTimeout: defaultTimeout,
             sleepDeadline: sleepDeadline, reset: reset, dropping: &dropped)
@@ -336,7 +336,7 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     /// `begin`; with `reset`, the previous outputs are moved to `dropped`.
     @inline(__always) private func begin(
         onCancel: (@Sendable (AioHandle, AioError) -> Void)?, cancelRoutine: CancelRoutine?,
-        defaultTimeout: Int64, sleepDeadline: UInt64, reset: Bool, dropping dropped: inout Slots.Outputs
+        defaultTimeout: Int64, sleepDeadline: UInt64, reset: Bool, dropping dropped: inout Slots.Taken?
     ) -> Bool {
         _ = Unmanaged.passRetained(self)  // the in-flight reference ([AIO-27])
         var now: UInt64 = 0
@@ -641,7 +641,14 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         var inputs: [(any Sendable)?] = [nil, nil, nil, nil]
         var outputs: [(any Sendable)?] = [nil, nil, nil, nil]
 
-        typealias Outputs = ((any Sendable)?, (any Sendable)?, (any Sendable)?, (any Sendable)?)
+        /// Outputs taken out of the slots, boxed so that the common case
+        /// (nothing to take) costs a nil reference, not a tuple of existentials.
+        /// (Allocated only when there were outputs: accept and dial, which
+        /// allocate their stream anyway.)
+        final class Taken {
+            let values: ((any Sendable)?, (any Sendable)?, (any Sendable)?, (any Sendable)?)
+            init(_ o: [(any Sendable)?]) { values = (o[0], o[1], o[2], o[3]) }
+        }
 
         func clearOutputs() {
             if outputs[0] != nil || outputs[1] != nil || outputs[2] != nil || outputs[3] != nil {
@@ -651,11 +658,9 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
 
         /// Empties the outputs and returns what they held (for the caller to
         /// let go outside the stripe lock).
-        func takeOutputs() -> Outputs {
-            if outputs[0] == nil && outputs[1] == nil && outputs[2] == nil && outputs[3] == nil {
-                return (nil, nil, nil, nil)
-            }
-            let taken = (outputs[0], outputs[1], outputs[2], outputs[3])
+        func takeOutputs() -> Taken? {
+            if outputs[0] == nil && outputs[1] == nil && outputs[2] == nil && outputs[3] == nil { return nil }
+            let taken = Taken(outputs)
             for i in 0..<4 { outputs[i] = nil }
             return taken
         }

@@ -74,7 +74,7 @@ public final class AioRuntime: Sendable {
             configuration.pollerThreads >= 1, configuration.pollerThreads <= 64
         else { throw AioError.invalidArgument }
         self.configuration = configuration
-        stripes = (0..<Self.stripeCount).map { _ in Stripe() }
+        stripes = (0..<Self.stripeCount).map { _ in Stripe.make() }
         pool = TaskPool(
             threads: configuration.taskThreads, maxThreads: configuration.maxTaskThreads,
             name: configuration.name + "-task")
@@ -143,6 +143,11 @@ final class RuntimeCore: @unchecked Sendable {  // `state` guarded by `lock`
         self.pool = pool
         self.timers = timers
         self.reaper = reaper
+    }
+
+    deinit {
+        // Every handle holds its runtime, which holds this core: none is left.
+        for s in stripes { s.destroy() }
     }
 
     var isShuttingDown: Bool { lock.withLock { state != .running } }

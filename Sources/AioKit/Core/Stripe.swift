@@ -8,26 +8,37 @@ import Glibc
 ///
 /// Striping keeps a handle small (no mutex of its own) while handles of
 /// different stripes never contend.
-final class Stripe: @unchecked Sendable {  // every field in `memory` past the mutex is guarded by `mutex`
-    let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    let cond: UnsafeMutablePointer<pthread_cond_t>
-    /// Two cache lines of its own: the mutex and the fields it guards that
-    /// every start and finish writes (live list, pending count) in the first, the
-    /// condition variable and `closed` in the second. The Swift object itself
-    /// holds only constants: stripes allocated one after the other share
-    /// no line that a start or a finish writes, so handles of different
-    /// stripes used on different cores do not bounce lines between them.
+///
+/// A `Stripe` is a plain pointer to two cache lines of its own (a value, not
+/// an object, so that locking a handle's stripe costs no retain and release,
+/// which on a stripe shared by handles on several cores would be contended
+/// atomics): the mutex and the fields it guards that every start and finish
+/// writes (live list, pending count) in the first, the condition variable
+/// and `closed` in the second. The runtime's `RuntimeCore` makes them
+/// (`make`) and frees them (`destroy`) in its deinit, after the last handle,
+/// which holds the runtime, is gone.
+struct Stripe: @unchecked Sendable {  // every field in `memory` past the mutex is guarded by the mutex
     private let memory: UnsafeMutableRawPointer
     private static let liveHeadOffset = 40
     private static let pendingOffset = 48
+    private static let condOffset = 64
     private static let closedOffset = 112
+
+    @inline(__always) var mutex: UnsafeMutablePointer<pthread_mutex_t> {
+        memory.assumingMemoryBound(to: pthread_mutex_t.self)
+    }
+    @inline(__always) var cond: UnsafeMutablePointer<pthread_cond_t> {
+        (memory + Self.condOffset).assumingMemoryBound(to: pthread_cond_t.self)
+    }
 
     /// Handles with an operation in flight (linked through `liveNext`/`livePrev`).
     var liveHead: Unmanaged<AioHandle>? {
         @inline(__always) get {
             (memory + Self.liveHeadOffset).load(as: UnsafeMutableRawPointer?.self).map { Unmanaged.fromOpaque($0) }
         }
-        @inline(__always) set { (memory + Self.liveHeadOffset).storeBytes(of: newValue?.toOpaque(), as: UnsafeMutableRawPointer?.self) }
+        @inline(__always) nonmutating set {
+            (memory + Self.liveHeadOffset).storeBytes(of: newValue?.toOpaque(), as: UnsafeMutableRawPointer?.self)
+        }
     }
     /// Operations of this stripe's handles started and not yet over: their
     /// callback has not returned (the sum of their `busy`). Unlike the live
@@ -35,28 +46,31 @@ final class Stripe: @unchecked Sendable {  // every field in `memory` past the m
     /// (queued, in a LIFO slot, deferred), which shutdown must wait for ([RT-2]).
     var pending: Int {
         @inline(__always) get { (memory + Self.pendingOffset).load(as: Int.self) }
-        @inline(__always) set { (memory + Self.pendingOffset).storeBytes(of: newValue, as: Int.self) }
+        @inline(__always) nonmutating set { (memory + Self.pendingOffset).storeBytes(of: newValue, as: Int.self) }
     }
     /// Set by shutdown: starts are refused with `.stopped`.
     var closed: Bool {
         @inline(__always) get { (memory + Self.closedOffset).load(as: Bool.self) }
-        @inline(__always) set { (memory + Self.closedOffset).storeBytes(of: newValue, as: Bool.self) }
+        @inline(__always) nonmutating set { (memory + Self.closedOffset).storeBytes(of: newValue, as: Bool.self) }
     }
 
-    init() {
-        precondition(MemoryLayout<pthread_mutex_t>.size <= Self.liveHeadOffset)
-        precondition(64 + MemoryLayout<pthread_cond_t>.size <= Self.closedOffset)
-        memory = .allocate(byteCount: 128, alignment: 64)
+    private init(memory: UnsafeMutableRawPointer) { self.memory = memory }
+
+    /// A new stripe: its memory, mutex and condition variable.
+    static func make() -> Stripe {
+        precondition(MemoryLayout<pthread_mutex_t>.size <= liveHeadOffset)
+        precondition(condOffset + MemoryLayout<pthread_cond_t>.size <= closedOffset)
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 64)
         memory.initializeMemory(as: UInt8.self, repeating: 0, count: 128)
-        mutex = memory.bindMemory(to: pthread_mutex_t.self, capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        let condMemory = memory + 64
-        cond = condMemory.bindMemory(to: pthread_cond_t.self, capacity: 1)
-        cond.initialize(to: pthread_cond_t())
-        initializeMutexAndCondition(mutex, cond)
+        let s = Stripe(memory: memory)
+        s.mutex.initialize(to: pthread_mutex_t())
+        s.cond.initialize(to: pthread_cond_t())
+        initializeMutexAndCondition(s.mutex, s.cond)
+        return s
     }
 
-    deinit {
+    /// Frees the stripe (its owner's deinit: no handle uses it any more).
+    func destroy() {
         pthread_cond_destroy(cond)
         pthread_mutex_destroy(mutex)
         memory.deallocate()
