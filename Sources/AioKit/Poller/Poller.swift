@@ -244,7 +244,7 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
                 // moment (the answer to what a callback just sent is often
                 // due within microseconds), saving this thread a wake-up.
                 let end = Clock.nanos() &+ Self.spinNanos
-                Spinning.spin(until: end) {
+                Spinning.spin(until: end, counted: false) {
                     n = Epoll.wait(epfd, events, Self.batch, timeoutMillis: 0)
                     return n > 0
                 }
