@@ -96,18 +96,26 @@ public final class SocketStream: AioStream, PollHandler, @unchecked Sendable {  
         try self.init(connected: descriptor, runtime: runtime, registration: nil)
     }
 
-    /// A connected, non-blocking descriptor; registers it unless a registration is handed over.
-    init(connected descriptor: Int32, runtime: AioRuntime, registration: PollRegistration?) throws(AioError) {
+    /// A connected, non-blocking descriptor; registers it unless a registration
+    /// is handed over. `isTCP`: known by listeners and dialers (nil: asked of
+    /// the socket, one system call).
+    init(connected descriptor: Int32, runtime: AioRuntime, registration: PollRegistration?, isTCP known: Bool? = nil)
+        throws(AioError)
+    {
         self.runtime = runtime
         self.fd = descriptor
-        var ss = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let family = withUnsafeMutablePointer(to: &ss) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa -> Int32 in
-                getsockname(descriptor, sa, &len) == 0 ? Int32(sa.pointee.sa_family) : -1
+        if let known {
+            isTCP = known
+        } else {
+            var ss = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let family = withUnsafeMutablePointer(to: &ss) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa -> Int32 in
+                    getsockname(descriptor, sa, &len) == 0 ? Int32(sa.pointee.sa_family) : -1
+                }
             }
+            isTCP = family == AF_INET || family == AF_INET6
         }
-        isTCP = family == AF_INET || family == AF_INET6
         if isTCP { _ = Sys.setOption(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
         cancelRoutine = { [weak self] aio, error, seq in self?.cancel(aio, error, seq) }
         if let registration {

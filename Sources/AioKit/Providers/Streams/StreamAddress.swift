@@ -8,6 +8,11 @@ struct StreamURL: Sendable, Equatable {
         /// host nil: any address (listeners only); port 0: the kernel picks (listeners only).
         case tcp(host: String?, port: Int, family: Family)
         case ipc(path: String)
+
+        var isTCP: Bool {
+            if case .tcp = self { return true }
+            return false
+        }
     }
 
     let kind: Kind

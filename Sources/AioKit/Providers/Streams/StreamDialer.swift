@@ -96,6 +96,8 @@ final class Connector: PollHandler, @unchecked Sendable {  // vars guarded by `l
     private var fd: Int32 = -1
     private var registration: PollRegistration?
     private var done = false
+    /// The address dialed is a TCP one (set with `fd`).
+    private var isTCP = true
 
     init(dialer: DialerState, aio: AioHandle) {
         self.dialer = dialer
@@ -117,6 +119,7 @@ final class Connector: PollHandler, @unchecked Sendable {  // vars guarded by `l
             return
         }
         fd = s
+        isTCP = address.family != AF_UNIX
         let rc = Sys.retrying { Int(address.withSockaddr { Glibc.connect(s, $0, $1) }) }
         if rc == 0 {
             succeed(registration: nil)
@@ -125,6 +128,19 @@ final class Connector: PollHandler, @unchecked Sendable {  // vars guarded by `l
         let e = Int32(-rc)
         guard e == EINPROGRESS else {
             fail(Self.connectError(e))
+            return
+        }
+        // A loopback (or Unix-domain) handshake is usually over by the time
+        // connect returns: look once, and finish here without a trip through
+        // the poller ([STR-14]).
+        var p = pollfd(fd: s, events: Int16(POLLOUT), revents: 0)
+        if Glibc.poll(&p, 1, 0) == 1 && p.revents & Int16(POLLOUT | POLLERR | POLLHUP) != 0 {
+            let err = Sys.getOption(s, SOL_SOCKET, SO_ERROR) ?? EINVAL
+            if err == 0 {
+                succeed(registration: nil)
+            } else {
+                fail(Self.connectError(err))
+            }
             return
         }
         do {
@@ -167,7 +183,7 @@ final class Connector: PollHandler, @unchecked Sendable {  // vars guarded by `l
         lock.unlock()
         dialer.forget(self)
         do {
-            let stream = try SocketStream(connected: s, runtime: runtime, registration: reg)
+            let stream = try SocketStream(connected: s, runtime: runtime, registration: reg, isTCP: isTCP)
             aio.setOutput(0, stream as any AioStream)
             aio.finish()
         } catch {

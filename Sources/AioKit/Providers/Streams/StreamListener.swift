@@ -149,7 +149,8 @@ final class ListenerState: PollHandler, @unchecked Sendable {  // vars guarded b
                 aio.providerWord = 0
                 backoffMillis = 0
                 do {
-                    let stream = try SocketStream(connected: s, runtime: runtime, registration: nil)
+                    let stream = try SocketStream(
+                        connected: s, runtime: runtime, registration: nil, isTCP: url.kind.isTCP)
                     aio.setOutput(0, stream as any AioStream)
                     aio.finish()
                 } catch {
