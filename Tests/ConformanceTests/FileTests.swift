@@ -169,6 +169,20 @@ private final class FileFixture {
         AioHandle(runtime: rt, callback: callback)
     }
 
+    /// `n` handles whose callback counts its calls in `calls` and records
+    /// the handle's result in `results`.
+    func recordingHandles(_ n: Int, _ calls: Counter, _ results: Results) -> [AioHandle] {
+        (0..<n).map { _ in handle(recording(calls, results)) }
+    }
+
+    /// A callback that counts its calls in `calls` and records the handle's result in `results`.
+    func recording(_ calls: Counter, _ results: Results) -> @Sendable (AioHandle) -> Void {
+        { h in
+            calls.increment()
+            results.add(h)
+        }
+    }
+
     /// Starts `start` on a callback-less handle with `iov` and waits (bounded).
     @discardableResult
     func run(
@@ -382,10 +396,7 @@ struct FileTests {
         let f = try fx.file("bad", contents: bytes("0123456789"))
         let calls = Counter()
         let results = Results()
-        let cb: @Sendable (AioHandle) -> Void = { h in
-            calls.increment()
-            results.add(h)
-        }
+        let cb = fx.recording(calls, results)
         // Negative offsets, reads and writes.
         let h1 = fx.handle(cb)
         try h1.setIOV([AioIOV(fx.buffer(4))])
@@ -702,12 +713,7 @@ struct FileTests {
         let calls = Counter()
         let results = Results()
         let count = 64
-        let handles = (0..<count).map { _ in
-            fx.handle { h in
-                calls.increment()
-                results.add(h)
-            }
-        }
+        let handles = fx.recordingHandles(count, calls, results)
         for (i, h) in handles.enumerated() {
             try h.setIOV([AioIOV(fx.buffer(size))])
             if i % 4 == 3 { h.timeout = .after(.milliseconds(1)) }
@@ -743,12 +749,7 @@ struct FileTests {
         let calls = Counter()
         let results = Results()
         for round in 0..<4 {
-            let handles = (0..<32).map { _ in
-                fx.handle { h in
-                    calls.increment()
-                    results.add(h)
-                }
-            }
+            let handles = fx.recordingHandles(32, calls, results)
             for h in handles {
                 try h.setIOV([AioIOV(fx.buffer(size))])
                 f.read(h, at: 0)
@@ -781,12 +782,7 @@ struct FileTests {
         let calls = Counter()
         let results = Results()
         let count = 96
-        let handles = (0..<count).map { _ in
-            fx.handle { h in
-                calls.increment()
-                results.add(h)
-            }
-        }
+        let handles = fx.recordingHandles(count, calls, results)
         for (i, h) in handles.enumerated() {
             try h.setIOV([AioIOV(fx.buffer(size))])
             switch i % 3 {
@@ -829,12 +825,7 @@ struct FileTests {
             let f = try fx.file("close2", contents: [UInt8](repeating: 1, count: size))
             let calls = Counter()
             let results = Results()
-            let handles = (0..<32).map { _ in
-                fx.handle { h in
-                    calls.increment()
-                    results.add(h)
-                }
-            }
+            let handles = fx.recordingHandles(32, calls, results)
             for h in handles {
                 try h.setIOV([AioIOV(fx.buffer(size))])
                 f.read(h, at: 0)
@@ -864,12 +855,7 @@ struct FileTests {
         let p = fx.path("lifetime")
         let calls = Counter()
         let results = Results()
-        let handles = (0..<8).map { _ in
-            fx.handle { h in
-                calls.increment()
-                results.add(h)
-            }
-        }
+        let handles = fx.recordingHandles(8, calls, results)
         do {
             let f = try AioFile(path: p, mode: [.write, .create], runtime: fx.rt)
             for (i, h) in handles.enumerated() {
@@ -919,12 +905,7 @@ struct FileTests {
         let blockers = backend == .uring ? fx.blockTaskThreads(gate) : []
         let calls = Counter()
         let results = Results()
-        let handles = (0..<32).map { _ in
-            fx.handle { h in
-                calls.increment()
-                results.add(h)
-            }
-        }
+        let handles = fx.recordingHandles(32, calls, results)
         for h in handles {
             try h.setIOV([AioIOV(fx.buffer(1 << 16))])
             f.read(h, at: 0)

@@ -894,7 +894,7 @@ struct StreamTests {
         c.server.close()
     }
 
-    // MARK: [STR-6] Dial results
+    // MARK: [STR-14] Dials finished at once
 
     @Test("[STR-14] a loopback dial whose handshake is over when connect returns finishes before dial() returns")
     func dialFinishedAtOnce() throws {
@@ -932,6 +932,8 @@ struct StreamTests {
         // The kernel may defer a handshake to ksoftirqd under load; most are over at once.
         #expect(atOnce >= rounds / 2, "only \(atOnce) of \(rounds) dials finished inside dial()")
     }
+
+    // MARK: [STR-6] Dial results
 
     @Test("[STR-6] a dial to a port with no listener: .connectionRefused")
     func dialRefused() throws {

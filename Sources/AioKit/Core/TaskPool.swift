@@ -16,11 +16,10 @@ import Synchronization
 /// signals nobody (the spinner looks at the queue under the lock before it
 /// parks), and a spinner that finds work passes the rest on to a parked
 /// worker.
-final class TaskPool: @unchecked Sendable {  // every var below is guarded by `lock` (`queuedWord` is an atomic mirror of `queued`); WorkerContext fields by their thread
+final class TaskPool: @unchecked Sendable {  // every var below is guarded by `lock` (`hasWork` is an atomic mirror of `head != nil`); WorkerContext fields by their thread
     let lock = ConditionLock()
     private var head: Unmanaged<AioHandle>?
     private var tail: Unmanaged<AioHandle>?
-    private var queued = 0
     /// Threads alive, parked idle, blocked in wait(), running a callback.
     private var threads = 0
     private var idle = 0
@@ -110,8 +109,7 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
             head = h
         }
         tail = h
-        queued += 1
-        queuedWord.store(queued, ordering: .releasing)
+        hasWork.store(true, ordering: .releasing)
         if idle > 0 && spinning == 0 {
             lock.signal()
         } else if terminated && !drainer && threads == 0 {
@@ -125,25 +123,24 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         guard let h = head else { return nil }
         head = h._withUnsafeGuaranteedRef { $0.liveNext }
         if head == nil { tail = nil }
-        queued -= 1
-        queuedWord.store(queued, ordering: .relaxed)
+        if head == nil { hasWork.store(false, ordering: .relaxed) }
         return h
     }
 
-    /// `queued`, readable without the lock (written under it): what an idle
-    /// worker spins on.
-    private let queuedWord = Atomic<Int>(0)
+    /// `head != nil`, readable without the lock (written under it): what an
+    /// idle worker spins on.
+    private let hasWork = Atomic<Bool>(false)
     /// How long a worker that ran out of work looks for more before parking.
     static let idleSpinNanos: UInt64 = 20_000
 
     /// A worker with nothing to run (lock held, and held again on return):
-    /// looks for new work for a moment, without the lock and not counted as
-    /// idle, so that a completion queued meanwhile (the poller's next event,
-    /// a cancel) needs no wake-up on either side.
+    /// looks for new work for a moment, without the lock and counted in
+    /// `spinning` (not `idle`), so that a completion queued meanwhile (the
+    /// poller's next event, a cancel) needs no wake-up on either side.
     private func spinBeforeParking() {
         spinning += 1
         lock.unlock()
-        Spinning.spin(until: Clock.nanos() &+ Self.idleSpinNanos) { queuedWord.load(ordering: .acquiring) > 0 }
+        Spinning.spin(until: Clock.nanos() &+ Self.idleSpinNanos) { hasWork.load(ordering: .acquiring) }
         lock.lock()
         spinning -= 1
     }

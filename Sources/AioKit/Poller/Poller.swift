@@ -250,7 +250,7 @@ final class Poller: @unchecked Sendable {  // vars guarded by `lock`
                 }
             }
             if n == 0 { n = Epoll.wait(epfd, events, Self.batch, timeoutMillis: -1) }
-            busy = true
+            busy = n > 0
             for i in 0..<n {
                 let e = events + i
                 let data = Epoll.data(e)

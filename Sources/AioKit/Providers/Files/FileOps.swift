@@ -176,6 +176,24 @@ final class FileOpQueue {
         return nil
     }
 
+    /// `file` was closed ([FILE-9]): removes its queued operations, clears
+    /// their handles' provider state (the provider word becomes
+    /// `idle(word)`) and gives back their counts in `slot`. Returns the
+    /// handles, to finish with `.closed` once the lock is released, and
+    /// whether the caller must drop its hold on the file.
+    func detachAll(of file: AioFile, slot: Int, idle: (Int) -> Int) -> (handles: [AioHandle], drop: Bool) {
+        var drop = false
+        let handles = removeAll(of: file).map { op -> AioHandle in
+            let h = op.handle!.takeUnretainedValue()
+            h.providerWord = idle(h.providerWord)
+            h.fileOpFile = nil
+            h.providerCount = 0
+            if file.leave(slot: slot) { drop = true }
+            return h
+        }
+        return (handles, drop)
+    }
+
     /// Removes every operation on `file`.
     func removeAll(of file: AioFile) -> [PendingFileOp] {
         var out: [PendingFileOp] = []

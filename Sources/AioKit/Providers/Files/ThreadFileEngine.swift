@@ -129,18 +129,10 @@ final class ThreadFileEngine: FileEngine, @unchecked Sendable {  // vars guarded
 
     func closeFile(_ file: AioFile) {
         lock.lock()
-        let removed = queue.removeAll(of: file)
-        var drop = false
-        for op in removed {
-            let h = op.handle!.takeUnretainedValue()
-            h.providerWord = 0
-            h.fileOpFile = nil
-            h.providerCount = 0
-            if file.leave(slot: 0) { drop = true }
-        }
+        let (removed, drop) = queue.detachAll(of: file, slot: 0) { _ in 0 }
         lock.unlock()
         if drop { file.dropHold() }
-        for op in removed { op.handle!.takeUnretainedValue().finish(.closed) }
+        for h in removed { h.finish(.closed) }
     }
 
     func stop() {

@@ -566,15 +566,7 @@ final class URingShard: @unchecked Sendable {  // vars guarded by `lock`; the ri
     /// request on the descriptor) and end with `.closed` when they complete.
     func closeFile(_ file: AioFile) {
         lock.lock()
-        let removed = queue.removeAll(of: file)
-        var drop = false
-        for op in removed {
-            let h = op.handle!.takeUnretainedValue()
-            h.providerWord = FileWord.idle(h.providerWord)
-            h.fileOpFile = nil
-            h.providerCount = 0
-            if file.leave(slot: index) { drop = true }
-        }
+        let (removed, drop) = queue.detachAll(of: file, slot: index) { FileWord.idle($0) }
         var driver: AioHandle?
         if !stopped && file.count(slot: index) > 0 {
             // Operations of this shard are in the kernel: ask it to stop them.
@@ -586,7 +578,7 @@ final class URingShard: @unchecked Sendable {  // vars guarded by `lock`; the ri
         lock.unlock()
         fire(driver)
         if drop { file.dropHold() }
-        for op in removed { op.handle!.takeUnretainedValue().finish(.closed) }
+        for h in removed { h.finish(.closed) }
     }
 
     /// The eventfd: completions the kernel posted while no round looked ([FILE-11]).

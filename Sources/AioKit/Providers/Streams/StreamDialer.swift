@@ -130,17 +130,12 @@ final class Connector: PollHandler, @unchecked Sendable {  // vars guarded by `l
             fail(Self.connectError(e))
             return
         }
-        // A loopback (or Unix-domain) handshake is usually over by the time
-        // connect returns: look once, and finish here without a trip through
-        // the poller ([STR-14]).
+        // A loopback TCP handshake is usually over by the time connect
+        // returns: look once, and finish here without a trip through the
+        // poller ([STR-14]).
         var p = pollfd(fd: s, events: Int16(POLLOUT), revents: 0)
         if Glibc.poll(&p, 1, 0) == 1 && p.revents & Int16(POLLOUT | POLLERR | POLLHUP) != 0 {
-            let err = Sys.getOption(s, SOL_SOCKET, SO_ERROR) ?? EINVAL
-            if err == 0 {
-                succeed(registration: nil)
-            } else {
-                fail(Self.connectError(err))
-            }
+            settle()
             return
         }
         do {
@@ -166,9 +161,14 @@ final class Connector: PollHandler, @unchecked Sendable {  // vars guarded by `l
             lock.unlock()
             return
         }
+        settle()
+    }
+
+    /// The connect is over: its result (SO_ERROR) ends the dial (lock held; releases it).
+    private func settle() {
         let err = Sys.getOption(fd, SOL_SOCKET, SO_ERROR) ?? EINVAL
         if err == 0 {
-            succeed(registration: self.registration)
+            succeed(registration: registration)
         } else {
             fail(Self.connectError(err))
         }
