@@ -46,3 +46,57 @@ extension AioError: CustomStringConvertible {
         }
     }
 }
+
+extension AioError {
+    /// The error as one word, for the handle's lock-free result (0: success).
+    @inline(__always) var code: UInt64 {
+        switch self {
+        case .timedOut: return 1
+        case .canceled: return 2
+        case .stopped: return 3
+        case .closed: return 4
+        case .invalidArgument: return 5
+        case .busy: return 6
+        case .connectionRefused: return 7
+        case .connectionReset: return 8
+        case .connectionShutdown: return 9
+        case .connectionAborted: return 10
+        case .addressInUse: return 11
+        case .addressInvalid: return 12
+        case .unreachable: return 13
+        case .tooManyOpenFiles: return 14
+        case .noMemory: return 15
+        case .notSupported: return 16
+        case .system(let e): return 17 | UInt64(UInt32(bitPattern: e)) << 32
+        }
+    }
+
+    /// The error a word from `code` stands for (nil for 0: success).
+    @inline(__always) init?(code: UInt64) {
+        switch code & 0xFFFF_FFFF {
+        case 0: return nil
+        case 1: self = .timedOut
+        case 2: self = .canceled
+        case 3: self = .stopped
+        case 4: self = .closed
+        case 5: self = .invalidArgument
+        case 6: self = .busy
+        case 7: self = .connectionRefused
+        case 8: self = .connectionReset
+        case 9: self = .connectionShutdown
+        case 10: self = .connectionAborted
+        case 11: self = .addressInUse
+        case 12: self = .addressInvalid
+        case 13: self = .unreachable
+        case 14: self = .tooManyOpenFiles
+        case 15: self = .noMemory
+        case 16: self = .notSupported
+        default: self = .system(errno: Int32(bitPattern: UInt32(truncatingIfNeeded: code >> 32)))
+        }
+    }
+}
+
+extension Optional where Wrapped == AioError {
+    /// `code` of the error, 0 for success.
+    @inline(__always) var code: UInt64 { self?.code ?? 0 }
+}

@@ -40,8 +40,20 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     }
     /// Counts operations; a timer entry is valid only for the one it was armed for.
     var seq: UInt32 = 0
-    var result: AioError?
-    var transferred = 0
+    /// The last result and byte count: written only under the stripe lock,
+    /// read without it (`error`, `count`: one load each, [AIO-5]). A callback
+    /// reads them after its completion was handed to it (through the pool's
+    /// lock or on the finishing thread), so the releasing store is seen.
+    let resultWord = Atomic<UInt64>(0)
+    let transferredWord = Atomic<Int>(0)
+    var result: AioError? {
+        @inline(__always) get { AioError(code: resultWord.load(ordering: .acquiring)) }
+        @inline(__always) set { resultWord.store(newValue.code, ordering: .releasing) }
+    }
+    var transferred: Int {
+        @inline(__always) get { transferredWord.load(ordering: .acquiring) }
+        @inline(__always) set { transferredWord.store(newValue, ordering: .releasing) }
+    }
     var cancelFn: (@Sendable (AioHandle, AioError) -> Void)?
     /// The core's own providers' cancel routine: told which operation it cancels.
     var cancelSeqFn: CancelRoutine?
@@ -112,18 +124,11 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     // MARK: - Consumer side
 
     /// The result of the last completed operation: nil is success ([AIO-5]).
-    public var error: AioError? {
-        stripe.lock()
-        defer { stripe.unlock() }
-        return result
-    }
+    /// One atomic load: no lock on the callback's path.
+    public var error: AioError? { result }
 
-    /// Bytes transferred by the last completed operation ([AIO-5]).
-    public var count: Int {
-        stripe.lock()
-        defer { stripe.unlock() }
-        return transferred
-    }
+    /// Bytes transferred by the last completed operation ([AIO-5]). One atomic load.
+    public var count: Int { transferred }
 
     /// The time limit of the next operations ([AIO-20]..[AIO-24]). Setting it
     /// clears an expiration set with `setExpiration`.
@@ -333,6 +338,10 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         return started
     }
 
+    /// The sleep deadline of a sleep that is due at once (a duration of zero
+    /// or less): no clock read needed to know it ([AIO-25]).
+    static let sleepDueNow: UInt64 = 1
+
     /// `begin`; with `reset`, the previous outputs are moved to `dropped`.
     @inline(__always) private func begin(
         onCancel: (@Sendable (AioHandle, AioError) -> Void)?, cancelRoutine: CancelRoutine?,
@@ -387,8 +396,8 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             return false
         }
         if sleepDeadline != 0 {
-            if now == 0 { now = Clock.nanos() }
-            if sleepDeadline <= now {
+            if now == 0 && sleepDeadline != Self.sleepDueNow { now = Clock.nanos() }
+            if sleepDeadline <= now || sleepDeadline == Self.sleepDueNow {
                 // A sleep already due: success through the pool, no timer ([AIO-25]).
                 result = nil
                 transferred = 0
@@ -455,7 +464,8 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
         if flags & Self.callbackRunning != 0 {
             // Nested in this handle's own callback, on this thread: run it here.
             stripe.unlock()
-            let outer = callbackThread.exchange(Thread.current, ordering: .relaxed)
+            let outer = callbackThread.load(ordering: .relaxed)  // written only by the thread running the callback
+            callbackThread.store(Thread.current, ordering: .relaxed)
             callback?(self)
             callbackThread.store(outer, ordering: .relaxed)
             stripe.lock()
@@ -547,32 +557,44 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     }
 
     /// Runs this handle's pending callback on this thread. A completion
-    /// deferred while it ran ([AIO-31]) is then dispatched: from a task thread
-    /// it goes to that thread's LIFO slot and runs next there, subject to the
-    /// pool's fairness limit ([POOL-3]). The caller owns the in-flight
-    /// reference of the callback it runs and drops it after this returns; a
-    /// deferred completion's reference goes to the pool with it.
-    func runCallbacks(dequeued: Bool) {
+    /// deferred while it ran ([AIO-31]) then goes on: on a task thread whose
+    /// pool allows it (`TaskPool.mayRunAgain`: its LIFO slot empty, within
+    /// the fairness limit or nobody queued, [POOL-3]) it is marked running
+    /// under the same lock and true is returned, for the caller to run its
+    /// callback next (`dequeued: false`) and drop its in-flight reference;
+    /// otherwise it is dispatched with that reference and false is returned.
+    /// The caller owns the in-flight reference of the callback it runs and
+    /// drops it after this returns.
+    @discardableResult
+    func runCallbacks(dequeued: Bool, worker: Unmanaged<TaskPool.WorkerContext>? = nil, streak: Int = 0) -> Bool {
         if dequeued {
             stripe.lock()
             flags = (flags & ~Self.completionPending) | Self.callbackRunning
             stripe.unlock()
         }
-        let outer = callbackThread.exchange(Thread.current, ordering: .relaxed)
+        let outer = callbackThread.load(ordering: .relaxed)  // written only by the thread running the callback
+        callbackThread.store(Thread.current, ordering: .relaxed)
         callback?(self)
         callbackThread.store(outer, ordering: .relaxed)
         stripe.lock()
         busy -= 1
         stripe.pending -= 1
-        flags &= ~Self.callbackRunning
         if flags & Self.deferred != 0 {
-            flags &= ~Self.deferred  // still pending: now queued
+            if let worker, worker._withUnsafeGuaranteedRef({ runtime.pool.mayRunAgain($0, streak: streak) }) {
+                // Still running: the deferred completion's callback is next, here.
+                flags &= ~(Self.deferred | Self.completionPending)
+                stripe.unlock()
+                return true
+            }
+            flags &= ~(Self.deferred | Self.callbackRunning)  // still pending: now queued
             stripe.unlock()
             runtime.pool.dispatch(Unmanaged.passUnretained(self))
-            return
+            return false
         }
+        flags &= ~Self.callbackRunning
         wakeWaitersIfIdle()
         stripe.unlock()
+        return false
     }
 
     /// The timer reached the deadline of operation `armedSeq` ([AIO-21], [TMR-4]).

@@ -145,21 +145,44 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         spinning -= 1
     }
 
-    /// Runs one callback and then whatever it put in the LIFO slot.
+    /// Runs one callback and then whatever it put in the LIFO slot. A
+    /// completion of the same handle deferred while its callback ran goes on
+    /// here at once (`runCallbacks` returns true, one lock for the hand-over)
+    /// as if it had gone through the slot, under the same fairness limit.
     private func run(_ first: Unmanaged<AioHandle>, _ ctx: WorkerContext) {
         var next: Unmanaged<AioHandle>? = first
         var streak = 0
+        let worker = Unmanaged.passUnretained(ctx)  // the thread keeps it alive
         while let current = next {
             let handle = current.takeRetainedValue()  // the in-flight reference, dropped after the callback
-            handle.runCallbacks(dequeued: true)
+            var dequeued = true
+            while handle.runCallbacks(dequeued: dequeued, worker: worker, streak: streak) {
+                current.release()  // the deferred operation's in-flight reference: `handle` holds one
+                dequeued = false
+                streak = streak + 1 >= Self.lifoLimit ? 0 : streak + 1
+            }
             next = ctx.lifo
             ctx.lifo = nil
             streak += 1
             if let n = next, streak >= Self.lifoLimit {
-                enqueue(n)
-                next = nil
+                if hasWork.load(ordering: .relaxed) {
+                    // Others wait in the queue: the slot's handle goes behind them.
+                    enqueue(n)
+                    next = nil
+                } else {
+                    streak = 0  // nobody to be fair to: no hand-over, no wake-up
+                }
             }
         }
+    }
+
+    /// May the deferred completion of the callback that just returned on
+    /// `ctx`'s thread run there next, without the slot ([POOL-3])? Only when
+    /// the slot is empty (what the callback finished runs first otherwise),
+    /// the worker is not blocked in a wait, and the streak is under the
+    /// fairness limit or nobody is queued.
+    @inline(__always) func mayRunAgain(_ ctx: WorkerContext, streak: Int) -> Bool {
+        ctx.lifo == nil && ctx.blocking == 0 && (streak + 1 < Self.lifoLimit || !hasWork.load(ordering: .relaxed))
     }
 
     private func joinExited() {

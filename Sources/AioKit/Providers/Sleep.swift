@@ -8,10 +8,9 @@ extension AioHandle {
     /// touching the timers. `cancel()` ends it with `.canceled`.
     public func sleep(_ duration: Duration) {
         let ns = Clock.nanoseconds(duration)
-        let now = Clock.nanos()
-        var end = now
+        var end = Self.sleepDueNow  // due at once: no clock read
         if ns > 0 {
-            let (sum, overflow) = now.addingReportingOverflow(UInt64(ns))
+            let (sum, overflow) = Clock.nanos().addingReportingOverflow(UInt64(ns))
             end = overflow ? UInt64.max : sum
         }
         _ = begin(onCancel: Self.finishWithError, defaultTimeout: -1, sleepDeadline: end, reset: true)
