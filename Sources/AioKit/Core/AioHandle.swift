@@ -598,7 +598,10 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
     }
 
     /// The timer reached the deadline of operation `armedSeq` ([AIO-21], [TMR-4]).
-    func timerExpired(seq armedSeq: UInt32) {
+    /// A sleep's completion bound for the pool is appended to `batch` (with
+    /// its in-flight reference), for the timer thread to queue all of one
+    /// wake-up's completions at once ([TMR-3]).
+    func timerExpired(seq armedSeq: UInt32, batch: inout ContiguousArray<Unmanaged<AioHandle>>) {
         stripe.lock()
         guard flags & Self.inFlight != 0, seq == armedSeq, cancelFn != nil || cancelSeqFn != nil else {
             stripe.unlock()  // finished, or already being canceled: the finisher wins
@@ -609,7 +612,11 @@ public final class AioHandle: @unchecked Sendable {  // fields guarded as marked
             markFinished(nil, 0)  // a sleep reached its end ([AIO-25])
             let action = completionLocked()
             stripe.unlock()
-            carryOut(action)
+            if case .enqueue = action {
+                batch.append(Unmanaged.passUnretained(self))
+            } else {
+                carryOut(action)
+            }
             return
         }
         let fn = cancelFn, seqFn = cancelSeqFn

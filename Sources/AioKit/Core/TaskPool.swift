@@ -118,6 +118,32 @@ final class TaskPool: @unchecked Sendable {  // every var below is guarded by `l
         lock.unlock()
     }
 
+    /// Queues finished handles' callbacks in order, under one lock and with
+    /// at most one wake-up (the woken worker runs the queue until it is
+    /// empty); takes over their in-flight references. For the timer thread,
+    /// whose one wake-up may end many sleeps.
+    func enqueue(batch: ContiguousArray<Unmanaged<AioHandle>>) {
+        guard let first = batch.first, let last = batch.last else { return }
+        for i in batch.indices {
+            let next = i + 1 < batch.count ? batch[i + 1] : nil
+            batch[i]._withUnsafeGuaranteedRef { $0.liveNext = next }
+        }
+        lock.lock()
+        if let t = tail {
+            t._withUnsafeGuaranteedRef { $0.liveNext = first }
+        } else {
+            head = first
+        }
+        tail = last
+        hasWork.store(true, ordering: .releasing)
+        if idle > 0 && spinning == 0 {
+            lock.signal()
+        } else if terminated && !drainer && threads == 0 {
+            startDrainer()
+        }
+        lock.unlock()
+    }
+
     /// Lock held.
     @inline(__always) private func dequeue() -> Unmanaged<AioHandle>? {
         guard let h = head else { return nil }

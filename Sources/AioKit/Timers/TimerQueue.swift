@@ -19,10 +19,13 @@ final class TimerQueue: @unchecked Sendable {  // `wheel`, `wakeAt`, `running` g
     private var running = true
     private(set) var thread: pthread_t?
     private var due = ContiguousArray<(Unmanaged<AioHandle>, UInt32)>()
+    /// Sleeps' completions of one wake-up, queued on the pool together (timer thread only).
+    private var completions = ContiguousArray<Unmanaged<AioHandle>>()
 
     init() {
         wheel = TimingWheel(startTick: Clock.nanos() >> Self.tickShift)
         due.reserveCapacity(1024)
+        completions.reserveCapacity(1024)
     }
 
     deinit {
@@ -68,9 +71,14 @@ final class TimerQueue: @unchecked Sendable {  // `wheel`, `wakeAt`, `running` g
                 lock.unlock()
                 for (u, seq) in due {
                     let h = u.takeRetainedValue()
-                    h.timerExpired(seq: seq)
+                    h.timerExpired(seq: seq, batch: &completions)
                 }
                 due.removeAll(keepingCapacity: true)
+                if let first = completions.first {
+                    // One lock and at most one wake-up for all of them.
+                    first._withUnsafeGuaranteedRef { $0.runtime.pool }.enqueue(batch: completions)
+                    completions.removeAll(keepingCapacity: true)
+                }
                 lock.lock()
                 continue
             }

@@ -1,53 +1,56 @@
-/// A hierarchical timing wheel of handles ([TMR-2]): 8 levels of 64 slots; a
-/// slot of level L spans 64^L ticks, so the wheel covers every 48-bit tick
-/// (with a 2^16 ns tick, every 64-bit nanosecond deadline, [TMR-5]).
+/// A hashed timing wheel of handles ([TMR-2]): `slotCount` slots, one tick
+/// each; an entry with tick t sits in slot t mod `slotCount`, in a doubly
+/// linked list through the handle's timer links, so a revolution of the
+/// wheel spans `slotCount` ticks and a deadline any number of revolutions
+/// away is kept as it is ([TMR-5]).
 ///
-/// Insert and remove are O(1): an entry goes to the level of the highest
-/// 6-bit group in which its tick differs from the wheel's current tick, into
-/// a doubly linked slot list, with a bitmap of occupied slots per level.
-/// Advancing takes whole slots: entries of level 0 are due, entries of higher
-/// levels move down (at most 7 times over an entry's life) or are due. The
-/// next deadline is found from the bitmaps (at most 8 words), never by a scan
-/// of entries. Why a wheel and not a heap: `Specs/Timers.md`.
+/// Insert and remove are O(1). Advancing visits the occupied slots the
+/// clock passed over (found from a bitmap) and walks each: entries whose
+/// tick has come are due, the others (later revolutions) stay where they
+/// are. Nothing ever moves in bulk, so no deadline waits behind the
+/// re-sorting of thousands of far entries, as it does in a hierarchical
+/// wheel when a coarse slot is cascaded ([TMR-3]); the price is one look per
+/// revolution at an entry that is more than a revolution away. Each slot
+/// keeps a lower bound of its ticks, so the next deadline is exact without
+/// a walk: the first occupied slot (in clock order) whose bound lies in the
+/// current revolution, or else the least bound. Why a wheel: `Specs/Timers.md`.
 ///
 /// Not thread-safe: `TimerQueue` guards it with its lock.
 struct TimingWheel {
-    static let levels = 8
-    static let slotBits: UInt64 = 6
-    static let slotsPerLevel = 64
+    /// Slots (a power of two): with a 2^16 ns tick, a revolution is 268 ms.
+    static let slotCount = 4096
+    static let mask = UInt64(slotCount - 1)
+    static let words = slotCount / 64
 
     /// Everything at or before this tick has been taken out.
     private(set) var elapsed: UInt64 = 0
     private(set) var count = 0
     private let heads: UnsafeMutablePointer<Unmanaged<AioHandle>?>
+    /// Per slot, a lower bound of its entries' ticks (exact after a visit;
+    /// a removal may leave it low, which costs at most one early look).
+    private let lowest: UnsafeMutablePointer<UInt64>
     private let occupied: UnsafeMutablePointer<UInt64>
 
     init(startTick: UInt64) {
         elapsed = startTick
-        let n = Self.levels * Self.slotsPerLevel
-        heads = .allocate(capacity: n)
-        heads.initialize(repeating: nil, count: n)
-        occupied = .allocate(capacity: Self.levels)
-        occupied.initialize(repeating: 0, count: Self.levels)
+        heads = .allocate(capacity: Self.slotCount)
+        heads.initialize(repeating: nil, count: Self.slotCount)
+        lowest = .allocate(capacity: Self.slotCount)
+        lowest.initialize(repeating: .max, count: Self.slotCount)
+        occupied = .allocate(capacity: Self.words)
+        occupied.initialize(repeating: 0, count: Self.words)
     }
 
     func deallocate() {
         heads.deallocate()
+        lowest.deallocate()
         occupied.deallocate()
     }
 
-    @inline(__always) private func level(for tick: UInt64) -> Int {
-        let masked = (elapsed ^ tick) | 63
-        let significant = 63 - masked.leadingZeroBitCount
-        return min(significant / Int(Self.slotBits), Self.levels - 1)
-    }
-
-    /// Adds `h` due at `tick` (a tick not after `elapsed` is due at the next one).
+    /// Adds `h` to fire at `tick` (a tick already passed fires at the next advance).
     mutating func insert(_ h: AioHandle, tick: UInt64) {
         let t = max(tick, elapsed &+ 1)
-        let lv = level(for: t)
-        let slot = Int((t >> (UInt64(lv) * Self.slotBits)) & 63)
-        let index = lv * Self.slotsPerLevel + slot
+        let index = Int(t & Self.mask)
         let u = Unmanaged.passUnretained(h)
         h.timerTick = t
         h.timerSlot = Int16(index)
@@ -55,7 +58,8 @@ struct TimingWheel {
         h.timerNext = heads[index]
         if let first = heads[index] { first._withUnsafeGuaranteedRef { $0.timerPrev = u } }
         heads[index] = u
-        occupied[lv] |= 1 << UInt64(slot)
+        if t < lowest[index] { lowest[index] = t }
+        occupied[index >> 6] |= 1 << UInt64(index & 63)
         count += 1
     }
 
@@ -68,9 +72,7 @@ struct TimingWheel {
             prev._withUnsafeGuaranteedRef { $0.timerNext = next }
         } else {
             heads[index] = next
-            if next == nil {
-                occupied[index / Self.slotsPerLevel] &= ~(1 << UInt64(index % Self.slotsPerLevel))
-            }
+            if next == nil { markEmpty(index) }
         }
         h.timerNext = nil
         h.timerPrev = nil
@@ -78,52 +80,86 @@ struct TimingWheel {
         count -= 1
     }
 
-    /// The first tick of the earliest occupied slot, with its index.
-    private func nextSlot() -> (start: UInt64, index: Int)? {
-        for lv in 0..<Self.levels {
-            let occ = occupied[lv]
-            if occ == 0 { continue }
-            let shift = UInt64(lv) * Self.slotBits
-            let nowSlot = (elapsed >> shift) & 63
-            let rotated = nowSlot == 0 ? occ : (occ >> nowSlot) | (occ << (64 - nowSlot))
-            let slot = (nowSlot + UInt64(rotated.trailingZeroBitCount)) & 63
-            let slotRange: UInt64 = 1 << shift
-            let levelRange: UInt64 = slotRange << Self.slotBits
-            let levelStart = levelRange == 0 ? 0 : elapsed & ~(levelRange &- 1)
-            // By the placement rule an occupied slot lies after the current
-            // one; were it not, taking it early only moves its entries down.
-            let start = levelStart &+ slot &* slotRange
-            return (start, lv * Self.slotsPerLevel + Int(slot))
+    @inline(__always) private func markEmpty(_ index: Int) {
+        occupied[index >> 6] &= ~(1 << UInt64(index & 63))
+        lowest[index] = .max
+    }
+
+    /// The first occupied slot at or after slot `from`, in clock order
+    /// (wrapping), as a distance from `from` (nil: none at all).
+    private func nextOccupied(from: Int) -> Int? {
+        var w = from >> 6
+        var bits = occupied[w] & (~0 << UInt64(from & 63))
+        for step in 0...Self.words {
+            if bits != 0 {
+                let index = (w << 6) | bits.trailingZeroBitCount
+                return (index - from) & Int(Self.mask)
+            }
+            if step == Self.words { break }
+            w = (w + 1) % Self.words
+            bits = occupied[w]
         }
         return nil
     }
 
-    /// The tick at which the next entry may be due (a slot's start: entries
-    /// of higher levels may move down then rather than fire), or nil if empty.
-    var nextTick: UInt64? { nextSlot().map { max($0.start, elapsed &+ 1) } }
+    /// The tick of the next deadline (a lower bound: exact unless an entry
+    /// was removed since its slot was last visited), nil when empty.
+    var nextTick: UInt64? {
+        if count == 0 { return nil }
+        let first = elapsed &+ 1
+        let from = Int(first & Self.mask)
+        var distance = 0
+        var least = UInt64.max
+        // In clock order, the first slot whose lowest tick is in this
+        // revolution holds the earliest deadline; failing that, the least bound.
+        while distance < Self.slotCount, let d = nextOccupied(from: (from + distance) & Int(Self.mask)) {
+            distance += d
+            if distance >= Self.slotCount { break }
+            let index = (from + distance) & Int(Self.mask)
+            let base = first &+ UInt64(distance)  // the slot's tick in this revolution
+            let low = lowest[index]
+            if low <= base { return base }
+            least = min(least, low)
+            distance += 1
+        }
+        return least == .max ? nil : least
+    }
 
-    /// Moves the wheel to `now` and appends every entry due at or before it
-    /// to `due`, retained, with the operation number it was armed for.
+    /// Takes out every entry whose tick is at or before `now` (into `due`,
+    /// each retained once, with its operation number).
     mutating func advance(to now: UInt64, into due: inout ContiguousArray<(Unmanaged<AioHandle>, UInt32)>) {
-        while let (start, index) = nextSlot(), start <= now {
-            var entry = heads[index]
-            heads[index] = nil
-            occupied[index / Self.slotsPerLevel] &= ~(1 << UInt64(index % Self.slotsPerLevel))
-            if start > elapsed { elapsed = start }
-            while let e = entry {
-                let h = e.takeUnretainedValue()
-                entry = h.timerNext
-                h.timerNext = nil
-                h.timerPrev = nil
-                h.timerSlot = -1
-                count -= 1
-                if h.timerTick <= now {
-                    due.append((e.retain(), h.timerSeq))
-                } else {
-                    insert(h, tick: h.timerTick)
-                }
+        if now <= elapsed { return }
+        let span = now - elapsed  // ticks passed: elapsed + 1 ... now
+        let from = Int((elapsed &+ 1) & Self.mask)
+        let slots = span >= UInt64(Self.slotCount) ? Self.slotCount : Int(span)
+        var distance = 0
+        while distance < slots, let d = nextOccupied(from: (from + distance) & Int(Self.mask)) {
+            distance += d
+            if distance >= slots { break }
+            visit((from + distance) & Int(Self.mask), now: now, into: &due)
+            distance += 1
+        }
+        elapsed = now
+    }
+
+    /// Walks slot `index`: entries due by `now` come out, the rest stay and
+    /// set the slot's lower bound anew.
+    private mutating func visit(
+        _ index: Int, now: UInt64, into due: inout ContiguousArray<(Unmanaged<AioHandle>, UInt32)>
+    ) {
+        if lowest[index] > now { return }  // only later revolutions here
+        var entry = heads[index]
+        var low = UInt64.max
+        while let e = entry {
+            let h = e.takeUnretainedValue()
+            entry = h.timerNext
+            if h.timerTick <= now {
+                remove(h)
+                due.append((e.retain(), h.timerSeq))
+            } else if h.timerTick < low {
+                low = h.timerTick
             }
         }
-        if now > elapsed { elapsed = now }
+        if heads[index] != nil { lowest[index] = low }
     }
 }
