@@ -885,20 +885,7 @@ struct FileTests {
         let runtimeName = backend == .uring ? "fsdu" : "fsdt"
         guard let fx = try FileFixture.make(backend, name: runtimeName) else { return }
         defer { fx.finish() }
-        func fileThreads() -> Int {
-            guard let dir = opendir("/proc/self/task") else { return -1 }
-            defer { closedir(dir) }
-            var n = 0
-            while let e = readdir(dir) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
-                    String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-                }
-                if name.first == "." { continue }
-                let comm = String(decoding: contents("/proc/self/task/\(name)/comm"), as: UTF8.self)
-                if comm.hasPrefix(runtimeName + "-file") { n += 1 }
-            }
-            return n
-        }
+        func fileThreads() -> Int { threadCount(named: runtimeName + "-file") }
         let f = try fx.file("shutdown-pending", contents: [UInt8](repeating: 3, count: 1 << 16))
         #expect(fileThreads() == 0, "no file thread before the first operation")
         let gate = Gate()

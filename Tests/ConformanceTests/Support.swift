@@ -124,7 +124,10 @@ func expectFinishes(
 /// The threads of this process (/proc/self/task): name and scheduler state
 /// (R running, S sleeping, D uninterruptible...).
 func processThreads() -> [(name: String, state: String)] {
-    guard let dir = opendir("/proc/self/task") else { return [] }
+    guard let dir = opendir("/proc/self/task") else {
+        Issue.record("cannot read /proc/self/task: thread counts would be vacuous")
+        return []
+    }
     defer { closedir(dir) }
     var out: [(name: String, state: String)] = []
     while let e = readdir(dir) {

@@ -78,7 +78,7 @@ public final class AioRuntime: Sendable {
         pool = TaskPool(
             threads: configuration.taskThreads, maxThreads: configuration.maxTaskThreads,
             name: configuration.name + "-task")
-        timers = TimerQueue()
+        timers = TimerQueue(pool: pool)
         reaper = Reaper()
         poller = try Poller(threads: configuration.pollerThreads, name: configuration.name + "-poll")
         resolver = Resolver(name: configuration.name + "-resolve")

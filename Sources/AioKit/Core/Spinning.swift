@@ -37,6 +37,28 @@ enum Spinning {
         spinLoop(until: end, ready)
     }
 
+    /// A flag that its owner sets under its lock when something arrives (work,
+    /// an event, a result) and clears when it takes it: what a waiter reads
+    /// without the lock, and spins on before it parks.
+    struct Flag: ~Copyable {
+        private let word = Atomic<Bool>(false)
+
+        init() {}
+
+        @inline(__always) var isSet: Bool { word.load(ordering: .acquiring) }
+        @inline(__always) func set() { word.store(true, ordering: .releasing) }
+        @inline(__always) func clear() { word.store(false, ordering: .relaxed) }
+
+        /// Spins (counted against the limit) until the flag is set, for at
+        /// most `nanos` and not past `deadline`.
+        @inline(__always) func spin(for nanos: UInt64, notPast deadline: UInt64? = nil) {
+            if isSet { return }
+            var end = Clock.nanos() &+ nanos
+            if let deadline, deadline < end { end = deadline }
+            Spinning.spin(until: end) { isSet }
+        }
+    }
+
     @inline(__always) private static func spinLoop(until end: UInt64, _ ready: () -> Bool) {
         var i = 0
         while !ready() {

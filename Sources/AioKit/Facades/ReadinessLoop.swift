@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 // The readiness-loop facade ([RDY-1]..[RDY-11]), in mio's shape: tokens,
 // interests, edge-triggered multi-shot events with hints, a loop the caller
@@ -237,7 +236,7 @@ final class LoopCore: @unchecked Sendable {  // `registered` guarded by `registr
         if !reg.dead {
             if reg.pending.isEmpty {
                 queue.append(reg)
-                queuedHint.store(true, ordering: .releasing)
+                queued.set()
                 if waiting > 0 { queueLock.signal() }
             }
             reg.pending.formUnion(events)
@@ -246,20 +245,13 @@ final class LoopCore: @unchecked Sendable {  // `registered` guarded by `registr
     }
 
     /// Set (under `queueLock`) when the queue gets a registration, cleared
-    /// when `runOnce` takes it: read without the lock while spinning.
-    private let queuedHint = Atomic<Bool>(false)
-    /// Looks for an event for a moment before parking (`Spinning`).
-    @inline(__always) private func spinForEvents(until deadline: UInt64?) {
-        if queuedHint.load(ordering: .acquiring) { return }
-        var end = Clock.nanos() &+ Spinning.nanos
-        if let deadline, deadline < end { end = deadline }
-        Spinning.spin(until: end) { queuedHint.load(ordering: .acquiring) }
-    }
+    /// when `runOnce` takes it: `runOnce` spins on it before parking.
+    private let queued = Spinning.Flag()
 
     func runOnce(_ loop: ReadinessLoop, _ handler: some ReadinessHandler, timeout: Duration?) throws -> Int {
         let deadline: UInt64? = timeout.map { Clock.deadline(after: $0) }
         while true {
-            spinForEvents(until: deadline)
+            queued.spin(for: Spinning.nanos, notPast: deadline)
             queueLock.lock()
             while queue.isEmpty && !stopped {
                 if let deadline {
@@ -281,7 +273,7 @@ final class LoopCore: @unchecked Sendable {  // `registered` guarded by `registr
             var batch: [LoopRegistration] = []
             swap(&batch, &spare)
             swap(&batch, &queue)
-            queuedHint.store(false, ordering: .relaxed)
+            queued.clear()
             queueLock.unlock()
 
             let delivered = deliver(loop, handler, batch)

@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 // The proactor facade ([WAT-1]..[WAT-11]), in gaio's shape: submit reads and
 // writes with a context, collect their results in batches with `waitIO()`.
@@ -383,18 +382,15 @@ final class WatcherCore: @unchecked Sendable {  // vars guarded by `lock`
             return
         }
         results.append(result)
-        resultsHint.store(true, ordering: .releasing)
+        resultsQueued.set()
         freeOps.append(op)
         if waiting > 0 { lock.signal() }
         lock.unlock()
     }
 
     /// Set (under `lock`) when a result is queued, cleared when `waitIO`
-    /// takes the batch: read without the lock while spinning.
-    private let resultsHint = Atomic<Bool>(false)
-    @inline(__always) private func spinForResults() {
-        Spinning.spin(until: Clock.nanos() &+ Spinning.nanos) { resultsHint.load(ordering: .acquiring) }
-    }
+    /// takes the batch: `waitIO` spins on it before parking.
+    private let resultsQueued = Spinning.Flag()
 
     func waitIO() throws -> [WatcherResult] {
         lock.lock()
@@ -418,7 +414,7 @@ final class WatcherCore: @unchecked Sendable {  // vars guarded by `lock`
             // meanwhile (the answer to a request just written) is taken
             // without a wake-up, a thread switch each way saved.
             lock.unlock()
-            spinForResults()
+            resultsQueued.spin(for: Spinning.nanos)
             lock.lock()
         }
         while results.isEmpty && !closed {
@@ -429,7 +425,7 @@ final class WatcherCore: @unchecked Sendable {  // vars guarded by `lock`
         if closed { throw AioError.closed }
         let batch = results
         results = []
-        resultsHint.store(false, ordering: .relaxed)
+        resultsQueued.clear()
         results.reserveCapacity(batch.count)
         for r in batch where r.isSwapBuffer && r.buffer.count > 0 {
             handedOut.append(UnsafeMutableRawBufferPointer(mutating: r.buffer))

@@ -7,9 +7,9 @@ extension AioHandle {
     /// A sleep of zero (or less) completes through the task pool without
     /// touching the timers. `cancel()` ends it with `.canceled`.
     public func sleep(_ duration: Duration) {
-        let ns = Clock.nanoseconds(duration)
-        var end = Self.sleepDueNow  // due at once: no clock read
-        if ns > 0 {
+        var end = Self.sleepDueNow  // due at once: no clock read, no conversion
+        if duration > .zero {
+            let ns = Clock.nanoseconds(duration)  // rounds up: a positive duration is at least 1 ns
             let (sum, overflow) = Clock.nanos().addingReportingOverflow(UInt64(ns))
             end = overflow ? UInt64.max : sum
         }

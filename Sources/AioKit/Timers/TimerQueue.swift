@@ -22,7 +22,11 @@ final class TimerQueue: @unchecked Sendable {  // `wheel`, `wakeAt`, `running` g
     /// Sleeps' completions of one wake-up, queued on the pool together (timer thread only).
     private var completions = ContiguousArray<Unmanaged<AioHandle>>()
 
-    init() {
+    /// Where the sleeps' completions go.
+    private let pool: TaskPool
+
+    init(pool: TaskPool) {
+        self.pool = pool
         wheel = TimingWheel(startTick: Clock.nanos() >> Self.tickShift)
         due.reserveCapacity(1024)
         completions.reserveCapacity(1024)
@@ -74,9 +78,8 @@ final class TimerQueue: @unchecked Sendable {  // `wheel`, `wakeAt`, `running` g
                     h.timerExpired(seq: seq, batch: &completions)
                 }
                 due.removeAll(keepingCapacity: true)
-                if let first = completions.first {
-                    // One lock and at most one wake-up for all of them.
-                    first._withUnsafeGuaranteedRef { $0.runtime.pool }.enqueue(batch: completions)
+                if !completions.isEmpty {
+                    pool.enqueue(batch: completions)  // one lock, at most one wake-up for all of them
                     completions.removeAll(keepingCapacity: true)
                 }
                 lock.lock()

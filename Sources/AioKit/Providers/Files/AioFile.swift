@@ -164,7 +164,6 @@ public final class AioFile: @unchecked Sendable {  // lets, `state` (atomic), `c
         inlineWriteSkip.store(Self.inlineWriteBackoff, ordering: .relaxed)
     }
 
-
     /// True once `close()` was called.
     @inline(__always) var isClosed: Bool { state.load(ordering: .relaxed) & 1 != 0 }
 
